@@ -1,0 +1,20 @@
+//! The myvm agent API, generated at build time from `protos/agent.proto`
+//! (rust-protobuf 3 messages + ttrpc client/server stubs).
+
+/// Protobuf messages.
+#[allow(warnings, clippy::all, clippy::pedantic)]
+pub mod agent {
+    include!(concat!(env!("OUT_DIR"), "/agent.rs"));
+}
+
+/// ttrpc client and server stubs for the `Agent` service.
+#[allow(warnings, clippy::all, clippy::pedantic)]
+pub mod agent_ttrpc {
+    include!(concat!(env!("OUT_DIR"), "/agent_ttrpc.rs"));
+}
+
+/// vsock port the agent listens on.
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// Version of the agent API (bumped on incompatible changes to the .proto).
+pub const API_VERSION: u32 = 1;

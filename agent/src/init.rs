@@ -1,0 +1,147 @@
+//! PID 1 duties: pseudo filesystems, cgroup v2 controllers, ending the VM.
+
+use std::{fs, path::Path, time::Duration};
+
+use anyhow::{Context, Result};
+use nix::{
+    mount::{mount, MsFlags},
+    sys::{
+        reboot::{reboot, RebootMode},
+        signal::{kill, Signal},
+    },
+    unistd::{sync, Pid},
+};
+
+struct Mount {
+    source: &'static str,
+    target: &'static str,
+    fstype: &'static str,
+    flags: MsFlags,
+    data: Option<&'static str>,
+}
+
+const fn m(
+    source: &'static str,
+    target: &'static str,
+    fstype: &'static str,
+    flags: MsFlags,
+    data: Option<&'static str>,
+) -> Mount {
+    Mount {
+        source,
+        target,
+        fstype,
+        flags,
+        data,
+    }
+}
+
+const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
+
+const MOUNTS: &[Mount] = &[
+    m("proc", "/proc", "proc", NOSUID_NODEV_NOEXEC, None),
+    m("sysfs", "/sys", "sysfs", NOSUID_NODEV_NOEXEC, None),
+    m(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    ),
+    m(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC),
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    ),
+    m(
+        "shm",
+        "/dev/shm",
+        "tmpfs",
+        NOSUID_NODEV_NOEXEC,
+        Some("mode=1777"),
+    ),
+    m(
+        "tmpfs",
+        "/run",
+        "tmpfs",
+        MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
+        Some("mode=0755"),
+    ),
+    m(
+        "tmpfs",
+        "/tmp",
+        "tmpfs",
+        MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
+        Some("mode=1777"),
+    ),
+    m(
+        "cgroup2",
+        "/sys/fs/cgroup",
+        "cgroup2",
+        NOSUID_NODEV_NOEXEC,
+        Some("nsdelegate"),
+    ),
+];
+
+/// Controllers enabled for child cgroups (containers get their own cgroup below the root).
+const CGROUP_CONTROLLERS: &[&str] = &["cpu", "cpuset", "io", "memory", "pids"];
+
+pub fn setup() -> Result<()> {
+    for mnt in MOUNTS {
+        fs::create_dir_all(mnt.target).with_context(|| format!("mkdir {}", mnt.target))?;
+        mount(
+            Some(mnt.source),
+            mnt.target,
+            Some(mnt.fstype),
+            mnt.flags,
+            mnt.data,
+        )
+        .with_context(|| format!("mount {} on {}", mnt.fstype, mnt.target))?;
+    }
+    // /dev/ptmx must point at this devpts instance.
+    let _ = fs::remove_file("/dev/ptmx");
+    std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx").context("symlink /dev/ptmx")?;
+    for (link, target) in [
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+    ] {
+        if !Path::new(link).exists() {
+            std::os::unix::fs::symlink(target, link).with_context(|| format!("symlink {link}"))?;
+        }
+    }
+    enable_cgroup_controllers();
+    nix::unistd::sethostname("myvm").context("sethostname")?;
+    std::env::set_var("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    Ok(())
+}
+
+fn enable_cgroup_controllers() {
+    let file = "/sys/fs/cgroup/cgroup.subtree_control";
+    for c in CGROUP_CONTROLLERS {
+        // One at a time, so one controller the kernel lacks does not hide the others.
+        if let Err(e) = fs::write(file, format!("+{c}")) {
+            eprintln!("myvm-agent: cannot enable cgroup controller {c}: {e}");
+        }
+    }
+}
+
+/// Stops every process, syncs and resets the guest. Both backends exit on guest reset.
+pub fn end_vm() -> ! {
+    let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
+    std::thread::sleep(Duration::from_millis(100));
+    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
+    sync();
+    // With `reboot=t` on the kernel command line this is a triple fault: QEMU runs with
+    // -no-reboot and exits; the builtin VMM exits on the reset.
+    let _ = reboot(RebootMode::RB_AUTOBOOT);
+    // Unreachable unless reboot failed; PID 1 must not return.
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}

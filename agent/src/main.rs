@@ -1,0 +1,81 @@
+//! myvm-agent: PID 1 of a myvm microVM.
+//!
+//! As init it mounts the pseudo filesystems, reaps orphans and ends the VM on request; as the
+//! agent it serves the ttrpc API of `myvm-protocol` on vsock port 1024. Outside a VM (not PID 1)
+//! it can serve on a Unix socket instead, for tests: `myvm-agent --listen unix:///path`.
+
+mod guest;
+mod init;
+mod reaper;
+mod service;
+
+use std::{sync::mpsc, time::Instant};
+
+use anyhow::{Context, Result};
+use myvm_protocol::AGENT_VSOCK_PORT;
+
+fn main() {
+    let started = Instant::now();
+    let pid1 = std::process::id() == 1;
+    if let Err(e) = run(started, pid1) {
+        eprintln!("myvm-agent: fatal: {e:#}");
+        if pid1 {
+            // PID 1 must not exit: that panics the guest kernel. End the VM instead.
+            init::end_vm();
+        }
+        std::process::exit(1);
+    }
+}
+
+fn run(started: Instant, pid1: bool) -> Result<()> {
+    let mut listen = format!("vsock://-1:{AGENT_VSOCK_PORT}");
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--listen" => listen = args.next().context("--listen needs an address")?,
+            "--version" => {
+                println!("myvm-agent {}", env!("CARGO_PKG_VERSION"));
+                return Ok(());
+            }
+            other if pid1 => eprintln!("myvm-agent: ignoring argument {other:?}"),
+            other => anyhow::bail!("unknown argument {other:?} (use --listen ADDR)"),
+        }
+    }
+
+    if pid1 {
+        init::setup().context("init")?;
+    }
+    init_logging();
+    // Every thread inherits a blocked SIGCHLD; the reaper collects it with sigwait.
+    reaper::start().context("starting the reaper")?;
+
+    let (shutdown_tx, shutdown_rx) = mpsc::channel::<()>();
+    let server = service::serve(&listen, started, shutdown_tx)
+        .with_context(|| format!("serving the agent API on {listen}"))?;
+    tracing::info!(
+        listen,
+        pid1,
+        init_ms = started.elapsed().as_millis() as u64,
+        "myvm-agent {} ready",
+        env!("CARGO_PKG_VERSION")
+    );
+
+    // Wait for a Shutdown request (or, outside a VM, for the channel to close).
+    let _ = shutdown_rx.recv();
+    tracing::info!("shutdown requested");
+    if pid1 {
+        init::end_vm();
+    }
+    server.shutdown();
+    Ok(())
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MYVM_AGENT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Builds the myvm guest kernel (PVH-bootable vmlinux) from Debian's linux-source-6.1 with
+# tinyconfig + kernel.fragment. The result is cached machine-wide, keyed by a hash of its inputs
+# (kernel source package version, fragment, this script), so a rebuild only happens when one changes.
+#
+# Usage: build-kernel.sh            -> prints the path of the cached kernel directory
+# Env:   MYVM_CACHE (default /var/cache/myvm), MYVM_JOBS (default nproc)
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+cache=${MYVM_CACHE:-/var/cache/myvm}
+jobs=${MYVM_JOBS:-$(nproc)}
+tarball=/usr/src/linux-source-6.1.tar.xz
+
+[ -f "$tarball" ] || { echo "build-kernel: $tarball missing (apt-get install linux-source-6.1)" >&2; exit 1; }
+srcver=$(dpkg-query -W -f='${Version}' linux-source-6.1)
+key=$( { echo "$srcver"; cat "$here/kernel.fragment" "$here/build-kernel.sh"; } | sha256sum | cut -c1-16)
+out="$cache/kernel-$key"
+
+if [ -f "$out/vmlinux" ] && [ -f "$out/release" ]; then
+    echo "$out"
+    exit 0
+fi
+
+mkdir -p "$cache"
+work=$(mktemp -d "$cache/kernel-build.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+start=$(date +%s)
+echo "build-kernel: building linux $srcver (key $key) in $work, this takes 10-15 min on 2 cores" >&2
+tar -C "$work" -xf "$tarball"
+src="$work/linux-source-6.1"
+cd "$src"
+make -s ARCH=x86_64 tinyconfig >&2
+./scripts/kconfig/merge_config.sh -m .config "$here/kernel.fragment" >&2
+make -s ARCH=x86_64 olddefconfig >&2
+
+# Every option the fragment asks for must have survived olddefconfig (a missing dependency drops it).
+missing=0
+while IFS= read -r line; do
+    case "$line" in CONFIG_*=*) ;; *) continue ;; esac
+    grep -qx -- "$line" .config || { echo "build-kernel: fragment wants $line, .config has: $(grep -- "^${line%%=*}=" .config || echo unset)" >&2; missing=1; }
+done < "$here/kernel.fragment"
+[ "$missing" = 0 ] || exit 1
+
+make -s ARCH=x86_64 -j"$jobs" vmlinux >&2
+release=$(make -s ARCH=x86_64 kernelrelease)
+strip --strip-debug -o vmlinux.stripped vmlinux
+
+tmpout=$(mktemp -d "$cache/kernel-out.XXXXXX")
+cp vmlinux.stripped "$tmpout/vmlinux"
+cp .config "$tmpout/config"
+echo "$release" > "$tmpout/release"
+echo "$(( $(date +%s) - start ))" > "$tmpout/build-seconds"
+rm -rf "$out"
+mv "$tmpout" "$out"
+chmod 755 "$out"
+echo "build-kernel: done in $(cat "$out/build-seconds") s: $out/vmlinux ($release)" >&2
+echo "$out"

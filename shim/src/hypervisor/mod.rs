@@ -1,0 +1,183 @@
+//! Hypervisor backends behind one trait: `qemu` (QEMU `-M microvm`, KVM or TCG) and `builtin`
+//! (our own VMM, `myvm-vmm`). Both boot the same PVH `vmlinux` + initramfs and attach the same
+//! vhost-user devices (vsock, virtio-fs), so everything above this module is backend-agnostic.
+
+pub mod qemu;
+
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    process::ExitStatus,
+    time::Duration,
+};
+
+use crate::process::ProcessError;
+
+/// Which hypervisor backend runs a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Builtin,
+    Qemu,
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Builtin => "builtin",
+            BackendKind::Qemu => "qemu",
+        })
+    }
+}
+
+impl std::str::FromStr for BackendKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "builtin" => Ok(BackendKind::Builtin),
+            "qemu" => Ok(BackendKind::Qemu),
+            other => Err(format!(
+                "unknown backend {other:?} (expected builtin or qemu)"
+            )),
+        }
+    }
+}
+
+/// CPU acceleration a backend runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// Hardware virtualization through /dev/kvm.
+    Kvm,
+    /// QEMU's software emulation.
+    Tcg,
+}
+
+impl fmt::Display for Accel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        })
+    }
+}
+
+/// A virtio-fs device served by a vhost-user daemon.
+#[derive(Debug, Clone)]
+pub struct FsDevice {
+    pub tag: String,
+    pub vhost_socket: PathBuf,
+}
+
+/// Everything a backend needs to boot one VM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// Kernel command line (the backend may append its device announcements).
+    pub cmdline: String,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub serial_log: PathBuf,
+    /// vhost-user socket of the vsock device.
+    pub vsock_vhost_socket: PathBuf,
+    pub fs: Vec<FsDevice>,
+    /// Per-VM directory for the backend's own files (logs, pid files, sockets).
+    pub work_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HypervisorError {
+    #[error("invalid VM configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error("{0} is not available on this host: {1}")]
+    Unavailable(BackendKind, String),
+    #[error("the VM is not running")]
+    NotRunning,
+}
+
+/// One VM process managed by a backend.
+pub trait Hypervisor: Send {
+    fn kind(&self) -> BackendKind;
+    /// Human-readable description of how the VM runs (e.g. `qemu/tcg`).
+    fn describe(&self) -> String;
+    /// Boots the VM (returns once the VMM process runs; the guest boots asynchronously).
+    fn start(&mut self, config: &VmConfig) -> Result<(), HypervisorError>;
+    /// Pids of the processes the backend started (the VMM).
+    fn pids(&self) -> Vec<u32>;
+    /// Sockets and files the backend created (removed on stop).
+    fn sockets(&self) -> Vec<PathBuf>;
+    /// The VMM's exit status if it has exited.
+    fn try_wait(&mut self) -> Result<Option<ExitStatus>, HypervisorError>;
+    /// Waits up to `timeout` for the VMM to exit on its own (e.g. after a guest shutdown).
+    fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>, HypervisorError>;
+    /// Stops the VM: SIGTERM to the VMM, SIGKILL after `grace`; reaps it.
+    fn stop(&mut self, grace: Duration) -> Result<ExitStatus, HypervisorError>;
+}
+
+/// Most vCPUs a guest may have (the guest kernel's CONFIG_NR_CPUS).
+pub const MAX_VCPUS: u32 = 32;
+/// Least guest memory that boots the guest image with room for containers.
+pub const MIN_MEMORY_MIB: u32 = 64;
+
+pub fn validate(config: &VmConfig) -> Result<(), HypervisorError> {
+    validate_parts(
+        &config.kernel,
+        &config.initrd,
+        config.vcpus,
+        config.memory_mib,
+    )
+}
+
+/// Checks what a VM needs before anything is started.
+pub fn validate_parts(
+    kernel: &Path,
+    initrd: &Path,
+    vcpus: u32,
+    memory_mib: u32,
+) -> Result<(), HypervisorError> {
+    let bad = |m: String| Err(HypervisorError::Config(m));
+    if !kernel.is_file() {
+        return bad(format!("kernel {} does not exist", kernel.display()));
+    }
+    if !initrd.is_file() {
+        return bad(format!("initrd {} does not exist", initrd.display()));
+    }
+    if vcpus == 0 || vcpus > MAX_VCPUS {
+        return bad(format!("vcpus must be 1..={MAX_VCPUS}, got {vcpus}"));
+    }
+    if memory_mib < MIN_MEMORY_MIB {
+        return bad(format!(
+            "memory must be at least {MIN_MEMORY_MIB} MiB, got {memory_mib}"
+        ));
+    }
+    Ok(())
+}
+
+/// Builds the backend for `kind`.
+pub fn new_backend(
+    kind: BackendKind,
+    host: &crate::check::HostInfo,
+) -> Result<Box<dyn Hypervisor>, HypervisorError> {
+    match kind {
+        BackendKind::Qemu => {
+            let qemu = host.qemu.clone().ok_or_else(|| {
+                HypervisorError::Unavailable(
+                    kind,
+                    "qemu-system-x86_64 not found (apt-get install qemu-system-x86)".into(),
+                )
+            })?;
+            let accel = if host.hw_virt && host.kvm {
+                Accel::Kvm
+            } else {
+                Accel::Tcg
+            };
+            Ok(Box::new(qemu::Qemu::new(qemu, accel)))
+        }
+        BackendKind::Builtin => Err(HypervisorError::Unavailable(
+            kind,
+            "the builtin VMM (myvm-vmm) cannot boot guests yet; use the qemu backend".into(),
+        )),
+    }
+}

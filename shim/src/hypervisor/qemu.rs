@@ -1,0 +1,189 @@
+//! The `qemu` backend: `qemu-system-x86_64 -M microvm` with guest memory in a shared memfd (so the
+//! vhost-user daemons can map it), serial to a log file, KVM when the host has hardware
+//! virtualization, TCG otherwise. `acpi=off` is required for the guest to see virtio-mmio devices;
+//! without ACPI a guest poweroff does not end QEMU, so the guest resets (`reboot=t`) and QEMU
+//! runs with `-no-reboot`.
+
+use std::{
+    path::PathBuf,
+    process::{Command, ExitStatus},
+    time::Duration,
+};
+
+use super::{validate, Accel, BackendKind, Hypervisor, HypervisorError, VmConfig};
+use crate::process::Managed;
+
+pub struct Qemu {
+    binary: PathBuf,
+    accel: Accel,
+    process: Option<Managed>,
+}
+
+impl Qemu {
+    pub fn new(binary: PathBuf, accel: Accel) -> Self {
+        Qemu {
+            binary,
+            accel,
+            process: None,
+        }
+    }
+
+    /// The QEMU command line for `config` (without the binary).
+    pub fn args(&self, config: &VmConfig) -> Vec<String> {
+        let mem = format!("{}M", config.memory_mib);
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
+        push(&[
+            "-M",
+            "microvm,acpi=off,memory-backend=mem,x-option-roms=off",
+        ]);
+        match self.accel {
+            Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+            Accel::Tcg => push(&["-accel", "tcg,thread=multi", "-cpu", "max"]),
+        }
+        push(&["-m", &mem, "-smp", &config.vcpus.to_string()]);
+        push(&[
+            "-object",
+            &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+        ]);
+        push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
+        push(&["-serial", &format!("file:{}", config.serial_log.display())]);
+        push(&["-kernel", &config.kernel.display().to_string()]);
+        push(&["-initrd", &config.initrd.display().to_string()]);
+        push(&["-append", &config.cmdline]);
+        push(&[
+            "-chardev",
+            &format!(
+                "socket,id=vsock,path={}",
+                config.vsock_vhost_socket.display()
+            ),
+        ]);
+        push(&["-device", "vhost-user-vsock-device,chardev=vsock"]);
+        for (i, fs) in config.fs.iter().enumerate() {
+            push(&[
+                "-chardev",
+                &format!("socket,id=fs{i},path={}", fs.vhost_socket.display()),
+            ]);
+            push(&[
+                "-device",
+                &format!("vhost-user-fs-device,chardev=fs{i},tag={}", fs.tag),
+            ]);
+        }
+        push(&["-device", "virtio-rng-device"]);
+        a
+    }
+
+    fn process(&mut self) -> Result<&mut Managed, HypervisorError> {
+        self.process.as_mut().ok_or(HypervisorError::NotRunning)
+    }
+}
+
+impl Hypervisor for Qemu {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Qemu
+    }
+
+    fn describe(&self) -> String {
+        format!("qemu/{}", self.accel)
+    }
+
+    fn start(&mut self, config: &VmConfig) -> Result<(), HypervisorError> {
+        validate(config)?;
+        if self.process.is_some() {
+            return Err(HypervisorError::Config(
+                "this backend instance already runs a VM".into(),
+            ));
+        }
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(self.args(config));
+        tracing::debug!(?cmd, "starting qemu");
+        let log = config.work_dir.join("qemu.log");
+        self.process = Some(Managed::spawn("qemu", cmd, Some(&log))?);
+        Ok(())
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.process.iter().map(Managed::pid).collect()
+    }
+
+    fn sockets(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
+    fn try_wait(&mut self) -> Result<Option<ExitStatus>, HypervisorError> {
+        Ok(self.process()?.try_wait()?)
+    }
+
+    fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>, HypervisorError> {
+        Ok(self.process()?.wait_timeout(timeout)?)
+    }
+
+    fn stop(&mut self, grace: Duration) -> Result<ExitStatus, HypervisorError> {
+        Ok(self.process()?.terminate(grace)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hypervisor::FsDevice;
+
+    fn config() -> VmConfig {
+        VmConfig {
+            kernel: "/k/vmlinux".into(),
+            initrd: "/k/initrd".into(),
+            cmdline: "console=ttyS0".into(),
+            vcpus: 2,
+            memory_mib: 256,
+            serial_log: "/run/x/serial.log".into(),
+            vsock_vhost_socket: "/run/x/vsock.vhost.sock".into(),
+            fs: vec![FsDevice {
+                tag: "myvmfs".into(),
+                vhost_socket: "/run/x/fs.sock".into(),
+            }],
+            work_dir: "/run/x".into(),
+        }
+    }
+
+    fn joined(accel: Accel) -> String {
+        Qemu::new("qemu".into(), accel).args(&config()).join(" ")
+    }
+
+    #[test]
+    fn tcg_command_line_has_what_vhost_user_and_mmio_need() {
+        let a = joined(Accel::Tcg);
+        assert!(a.contains("-M microvm,acpi=off,memory-backend=mem"), "{a}");
+        assert!(
+            a.contains("memory-backend-memfd,id=mem,size=256M,share=on"),
+            "{a}"
+        );
+        assert!(a.contains("-accel tcg"), "{a}");
+        assert!(a.contains("-no-reboot"), "{a}");
+        assert!(a.contains("-smp 2 "), "{a}");
+        assert!(a.contains("-serial file:/run/x/serial.log"), "{a}");
+        assert!(
+            a.contains("socket,id=vsock,path=/run/x/vsock.vhost.sock"),
+            "{a}"
+        );
+        assert!(
+            a.contains("vhost-user-fs-device,chardev=fs0,tag=myvmfs"),
+            "{a}"
+        );
+    }
+
+    #[test]
+    fn kvm_uses_host_cpu() {
+        assert!(joined(Accel::Kvm).contains("-accel kvm -cpu host"));
+    }
+
+    #[test]
+    fn bad_config_is_refused_before_spawning() {
+        let mut q = Qemu::new("/nonexistent/qemu".into(), Accel::Tcg);
+        let err = q.start(&config()).unwrap_err();
+        assert!(
+            err.to_string().contains("kernel /k/vmlinux does not exist"),
+            "{err}"
+        );
+        assert!(q.pids().is_empty());
+    }
+}

@@ -1,0 +1,305 @@
+//! One microVM with its devices: the vhost-user daemons, the hypervisor backend and the agent
+//! connection. Whatever happens, dropping a [`Vm`] leaves no process, socket or directory behind.
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitStatus,
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    agent_client::{AgentClient, AgentError},
+    assets::Assets,
+    check::HostInfo,
+    hypervisor::{self, BackendKind, FsDevice, Hypervisor, HypervisorError, VmConfig},
+    process::tail,
+    vhost_user::{self, DaemonError, FsDaemon, VsockDaemon},
+};
+
+/// Guest kernel command line every myvm VM gets. `reboot=t` + `panic=-1`: a guest reset or panic
+/// ends the VMM (QEMU runs with -no-reboot).
+pub const BASE_CMDLINE: &str = "console=ttyS0 reboot=t panic=-1 random.trust_cpu=on";
+
+/// Default root of per-VM directories.
+pub const RUN_ROOT: &str = "/run/myvm";
+
+/// A host directory shared with the guest over virtio-fs.
+#[derive(Debug, Clone)]
+pub struct SharedDir {
+    pub tag: String,
+    pub path: PathBuf,
+    pub readonly: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct VmOptions {
+    /// Backend; `None` = what the host supports best (see [`HostInfo::auto_backend`]).
+    pub backend: Option<BackendKind>,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub extra_cmdline: String,
+    pub shared_dirs: Vec<SharedDir>,
+    /// Parent of the VM's own directory.
+    pub run_root: PathBuf,
+    /// Name of the VM's directory (default: generated).
+    pub id: Option<String>,
+    /// How long the guest may take to answer the agent's `Check`.
+    pub boot_timeout: Duration,
+}
+
+impl Default for VmOptions {
+    fn default() -> Self {
+        VmOptions {
+            backend: None,
+            vcpus: 1,
+            memory_mib: 256,
+            extra_cmdline: String::new(),
+            shared_dirs: Vec::new(),
+            run_root: PathBuf::from(RUN_ROOT),
+            id: None,
+            boot_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("creating the VM directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    #[error(transparent)]
+    Hypervisor(#[from] HypervisorError),
+    #[error("the guest did not become ready: {source}\n--- last lines of the serial console ({log}) ---\n{serial}")]
+    Boot {
+        source: AgentError,
+        log: PathBuf,
+        serial: String,
+    },
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+}
+
+pub struct Vm {
+    id: String,
+    dir: PathBuf,
+    // Field order is drop order: the VMM goes first, then its daemons.
+    hv: Box<dyn Hypervisor>,
+    vsock: VsockDaemon,
+    fs: Vec<FsDaemon>,
+    agent: Option<AgentClient>,
+    serial_log: PathBuf,
+    boot_time: Duration,
+}
+
+impl Vm {
+    /// Starts the daemons and the VMM and waits until the agent answers. On any error everything
+    /// started so far is stopped and removed.
+    pub fn boot(opts: &VmOptions, assets: &Assets, host: &HostInfo) -> Result<Vm, VmError> {
+        let started = Instant::now();
+        let backend = opts.backend.unwrap_or_else(|| host.auto_backend().0);
+        hypervisor::validate_parts(&assets.kernel, &assets.initrd, opts.vcpus, opts.memory_mib)?;
+        let hv = hypervisor::new_backend(backend, host)?;
+        let id = opts.id.clone().unwrap_or_else(new_id);
+        let dir = opts.run_root.join(&id);
+        create_private_dir(&dir)?;
+        // From here on, `Guard` removes the directory if we fail before `Vm` exists.
+        let guard = DirGuard(dir.clone());
+
+        let vsock = vhost_user::start_vsock(&assets.vhost_vsock, &dir, 3)?;
+        let mut fs = Vec::new();
+        for shared in &opts.shared_dirs {
+            fs.push(vhost_user::start_virtiofsd(
+                &assets.virtiofsd,
+                &dir,
+                &shared.tag,
+                &shared.path,
+                shared.readonly,
+            )?);
+        }
+        let serial_log = dir.join("serial.log");
+        let config = VmConfig {
+            kernel: assets.kernel.clone(),
+            initrd: assets.initrd.clone(),
+            cmdline: format!("{BASE_CMDLINE} {}", opts.extra_cmdline)
+                .trim()
+                .to_string(),
+            vcpus: opts.vcpus,
+            memory_mib: opts.memory_mib,
+            serial_log: serial_log.clone(),
+            vsock_vhost_socket: vsock.vhost_socket.clone(),
+            fs: fs
+                .iter()
+                .map(|d| FsDevice {
+                    tag: d.tag.clone(),
+                    vhost_socket: d.vhost_socket.clone(),
+                })
+                .collect(),
+            work_dir: dir.clone(),
+        };
+        let mut vm = Vm {
+            id,
+            dir,
+            hv,
+            vsock,
+            fs,
+            agent: None,
+            serial_log,
+            boot_time: Duration::ZERO,
+        };
+        std::mem::forget(guard); // `vm`'s Drop owns the cleanup now
+        vm.hv.start(&config)?;
+        tracing::info!(vm = vm.id, backend = vm.hv.describe(), pids = ?vm.hv.pids(), "VM started");
+
+        let uds = vm.vsock.uds.clone();
+        let hv = &mut vm.hv;
+        let daemons_alive = |d: &mut VsockDaemon| match d.process.try_wait() {
+            Ok(Some(s)) => Err(format!("vhost-device-vsock exited ({s})")),
+            _ => Ok(()),
+        };
+        let vsock = &mut vm.vsock;
+        let agent = AgentClient::wait_ready(&uds, opts.boot_timeout, || {
+            if let Ok(Some(status)) = hv.try_wait() {
+                return Err(format!(
+                    "the VMM exited ({status}) before the agent answered"
+                ));
+            }
+            daemons_alive(vsock)
+        });
+        match agent {
+            Ok(a) => vm.agent = Some(a),
+            Err(source) => {
+                return Err(VmError::Boot {
+                    source,
+                    log: vm.serial_log.clone(),
+                    serial: tail(&vm.serial_log, 30),
+                })
+            }
+        }
+        vm.boot_time = started.elapsed();
+        tracing::info!(
+            vm = vm.id,
+            boot_ms = vm.boot_time.as_millis() as u64,
+            "agent ready"
+        );
+        Ok(vm)
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn backend(&self) -> String {
+        self.hv.describe()
+    }
+
+    /// Time from `boot` being called to the agent answering.
+    pub fn boot_time(&self) -> Duration {
+        self.boot_time
+    }
+
+    pub fn agent(&self) -> &AgentClient {
+        self.agent.as_ref().expect("a booted Vm has an agent")
+    }
+
+    pub fn serial_log(&self) -> &Path {
+        &self.serial_log
+    }
+
+    /// The hybrid vsock socket of this VM.
+    pub fn vsock_uds(&self) -> &Path {
+        &self.vsock.uds
+    }
+
+    /// Pids of every host process of this VM (VMM and daemons).
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids = self.hv.pids();
+        pids.push(self.vsock.process.pid());
+        pids.extend(self.fs.iter().map(|d| d.process.pid()));
+        pids
+    }
+
+    /// Asks the agent to end the VM and waits for the VMM to exit (killing it after `timeout`).
+    /// Returns the VMM's exit status; everything is cleaned up afterwards.
+    pub fn shutdown(mut self, timeout: Duration) -> Result<ExitStatus, VmError> {
+        if let Some(agent) = self.agent.take() {
+            if let Err(e) = agent.shutdown() {
+                tracing::warn!(vm = self.id, "agent Shutdown failed, stopping the VMM: {e}");
+            }
+        }
+        let status = match self.hv.wait_timeout(timeout)? {
+            Some(s) => s,
+            None => {
+                tracing::warn!(
+                    vm = self.id,
+                    "VM did not exit within {timeout:?} of Shutdown: stopping it"
+                );
+                self.hv.stop(Duration::from_secs(1))?
+            }
+        };
+        Ok(status)
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.agent = None;
+        let _ = self.hv.stop(Duration::from_millis(500));
+        let _ = self.vsock.process.terminate(Duration::from_millis(500));
+        for d in &mut self.fs {
+            let _ = d.process.terminate(Duration::from_millis(500));
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            tracing::warn!(vm = self.id, "removing {}: {e}", self.dir.display());
+        }
+    }
+}
+
+struct DirGuard(PathBuf);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), VmError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let err = |source| VmError::Dir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = dir.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(parent)
+            .map_err(err)?;
+    }
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .map_err(err)
+}
+
+fn new_id() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "vm-{}-{}-{:08x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        nanos
+    )
+}

@@ -1,0 +1,88 @@
+//! Helpers for myvm's end-to-end tests: finding the built guest image and daemons, and checking
+//! that nothing is left behind.
+//!
+//! The tests need root, QEMU and the image from `make image`; they fail (never skip) with a clear
+//! message when something is missing. Paths come from the environment (`make test` sets them) or
+//! from `build/image.env` and `build/tools.env` in the workspace.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Once,
+};
+
+/// Workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// Loads `build/image.env` and `build/tools.env` into the environment (variables already set win),
+/// and checks we are root.
+pub fn setup() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        for file in ["build/image.env", "build/tools.env"] {
+            let path = workspace().join(file);
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e} (run `make image` first)", path.display()));
+            for line in text.lines() {
+                if let Some((k, v)) = line.split_once('=') {
+                    if std::env::var_os(k).is_none() {
+                        std::env::set_var(k, v);
+                    }
+                }
+            }
+        }
+    });
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the end-to-end tests need root (they start VMs and daemons)"
+    );
+}
+
+/// The guest kernel release we built (from `build/image.env`).
+pub fn built_kernel_release() -> String {
+    setup();
+    std::env::var("MYVM_KERNEL_RELEASE").expect("MYVM_KERNEL_RELEASE (build/image.env)")
+}
+
+/// True if a process with this pid exists (and is not a zombie we still own).
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// A private temporary directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> Self {
+        let base = std::env::temp_dir();
+        for i in 0..1000u32 {
+            let p = base.join(format!("{prefix}-{}-{i}", std::process::id()));
+            if std::fs::create_dir(&p).is_ok() {
+                return TempDir(p);
+            }
+        }
+        panic!("cannot create a temp dir under {}", base.display());
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -1,0 +1,162 @@
+//! The guest image boots in a real microVM through the qemu backend and the agent answers over
+//! hybrid vsock; nothing is left behind afterwards.
+
+use std::time::{Duration, Instant};
+
+use myvm::{
+    assets::Assets,
+    check::HostInfo,
+    hypervisor::BackendKind,
+    vm::{Vm, VmError, VmOptions},
+};
+use myvm_tests::{built_kernel_release, pid_alive, setup, TempDir};
+
+fn options(run_root: &TempDir) -> VmOptions {
+    VmOptions {
+        backend: Some(BackendKind::Qemu),
+        vcpus: 2,
+        memory_mib: 256,
+        run_root: run_root.path().to_path_buf(),
+        boot_timeout: Duration::from_secs(60),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn boots_answers_and_leaves_nothing_behind() {
+    setup();
+    let run_root = TempDir::new("myvm-e2e-boot");
+    let assets = Assets::discover().expect("assets");
+    let vm = Vm::boot(&options(&run_root), &assets, &HostInfo::detect()).expect("boot");
+
+    let check = vm.agent().check().expect("Check");
+    assert_eq!(
+        check.status.enum_value_or_default(),
+        myvm_protocol::agent::check_response::Status::SERVING
+    );
+    let version = vm.agent().version().expect("Version");
+    assert_eq!(version.api_version, myvm_protocol::API_VERSION);
+
+    let details = vm.agent().guest_details().expect("GetGuestDetails");
+    let host_release = nix::sys::utsname::uname()
+        .unwrap()
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    assert_eq!(
+        details.kernel_release,
+        built_kernel_release(),
+        "guest runs the kernel we built"
+    );
+    assert_ne!(
+        details.kernel_release, host_release,
+        "guest kernel must not be the host's"
+    );
+    assert_eq!(details.vcpus, 2);
+    assert!(
+        details.mem_total_bytes > 200 << 20 && details.mem_total_bytes <= 256 << 20,
+        "{}",
+        details.mem_total_bytes
+    );
+    assert!(details.uptime_ns > 0 && details.agent_init_ns > 0);
+
+    let pids = vm.pids();
+    assert_eq!(pids.len(), 2, "qemu + vhost-device-vsock: {pids:?}");
+    assert!(pids.iter().all(|p| pid_alive(*p)));
+    let dir = vm.dir().to_path_buf();
+    assert!(vm.vsock_uds().exists());
+    let serial = vm.serial_log().to_path_buf();
+    assert!(
+        std::fs::read_to_string(&serial)
+            .unwrap()
+            .contains("myvm-agent"),
+        "agent logs to the serial console"
+    );
+
+    let status = vm.shutdown(Duration::from_secs(20)).expect("shutdown");
+    assert!(
+        status.success(),
+        "QEMU exits cleanly after the guest shuts down: {status}"
+    );
+    for p in pids {
+        assert!(!pid_alive(p), "process {p} left behind");
+    }
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    assert_eq!(std::fs::read_dir(run_root.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn guest_without_agent_fails_with_serial_log_and_cleans_up() {
+    setup();
+    let run_root = TempDir::new("myvm-e2e-noagent");
+    // An initramfs with no /init: the kernel panics, the VM resets, QEMU exits.
+    let empty = run_root.path().join("empty.cpio");
+    std::fs::write(&empty, b"").unwrap();
+    let mut assets = Assets::discover().expect("assets");
+    assets.initrd = empty;
+    let vms = run_root.path().join("vms");
+    let mut opts = options(&run_root);
+    opts.run_root = vms.clone();
+    let t = Instant::now();
+    let err = Vm::boot(&opts, &assets, &HostInfo::detect())
+        .err()
+        .expect("boot must fail");
+    assert!(
+        t.elapsed() < Duration::from_secs(30),
+        "failure must be reported promptly: {:?}",
+        t.elapsed()
+    );
+    let msg = err.to_string();
+    assert!(matches!(err, VmError::Boot { .. }), "{msg}");
+    assert!(msg.contains("VMM exited"), "{msg}");
+    assert!(
+        msg.contains("Kernel panic"),
+        "the serial log tail is in the error: {msg}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&vms).unwrap().count(),
+        0,
+        "nothing left in {}",
+        vms.display()
+    );
+}
+
+#[test]
+fn guest_that_never_answers_times_out_with_serial_log() {
+    setup();
+    let run_root = TempDir::new("myvm-e2e-timeout");
+    let mut opts = options(&run_root);
+    // Boot into a shell instead of the agent: the VM runs but nobody listens on port 1024.
+    opts.extra_cmdline = "rdinit=/bin/sh".into();
+    opts.boot_timeout = Duration::from_secs(5);
+    let assets = Assets::discover().expect("assets");
+    let t = Instant::now();
+    let err = Vm::boot(&opts, &assets, &HostInfo::detect())
+        .err()
+        .expect("boot must fail");
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    let msg = err.to_string();
+    assert!(msg.contains("did not become ready within 5s"), "{msg}");
+    assert!(
+        msg.contains("Linux version 6.1"),
+        "serial tail in the error: {msg}"
+    );
+    assert_eq!(std::fs::read_dir(run_root.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn bad_config_is_a_clear_error_and_leaves_nothing() {
+    setup();
+    let run_root = TempDir::new("myvm-e2e-badcfg");
+    let mut assets = Assets::discover().expect("assets");
+    assets.kernel = "/nonexistent/vmlinux".into();
+    let err = Vm::boot(&options(&run_root), &assets, &HostInfo::detect())
+        .err()
+        .expect("must fail");
+    assert!(
+        err.to_string()
+            .contains("kernel /nonexistent/vmlinux does not exist"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(run_root.path()).unwrap().count(), 0);
+}

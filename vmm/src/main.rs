@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("myvm-vmm: not implemented yet (issue: builtin KVM VMM)");
+    std::process::exit(2);
+}
