@@ -9,10 +9,10 @@ mod init;
 mod reaper;
 mod service;
 
-use std::{sync::mpsc, time::Instant};
+use std::{io::Write, os::fd::AsRawFd, sync::mpsc, time::Instant};
 
 use anyhow::{Context, Result};
-use myvm_protocol::AGENT_VSOCK_PORT;
+use myvm_protocol::{AGENT_VSOCK_PORT, READY_VSOCK_PORT};
 
 fn main() {
     let started = Instant::now();
@@ -60,6 +60,10 @@ fn run(started: Instant, pid1: bool) -> Result<()> {
         env!("CARGO_PKG_VERSION")
     );
 
+    if pid1 {
+        notify_ready(started);
+    }
+
     // Wait for a Shutdown request (or, outside a VM, for the channel to close).
     let _ = shutdown_rx.recv();
     tracing::info!("shutdown requested");
@@ -68,6 +72,30 @@ fn run(started: Instant, pid1: bool) -> Result<()> {
     }
     server.shutdown();
     Ok(())
+}
+
+/// Tells the host we serve: a guest-initiated vsock connection to the host's READY port carrying
+/// one line `READY <agent init ns>`. Not fatal: the host also polls.
+fn notify_ready(started: Instant) {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, VsockAddr};
+    let result = (|| -> Result<()> {
+        let fd = socket(
+            AddressFamily::Vsock,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        connect(
+            fd.as_raw_fd(),
+            &VsockAddr::new(libc::VMADDR_CID_HOST, READY_VSOCK_PORT),
+        )?;
+        let mut stream = std::fs::File::from(fd);
+        writeln!(stream, "READY {}", started.elapsed().as_nanos())?;
+        Ok(())
+    })();
+    if let Err(e) = result {
+        tracing::warn!("could not notify the host on vsock port {READY_VSOCK_PORT}: {e:#}");
+    }
 }
 
 fn init_logging() {

@@ -2,16 +2,25 @@
 //! connection. Whatever happens, dropping a [`Vm`] leaves no process, socket or directory behind.
 
 use std::{
+    io::{BufRead, BufReader, Read},
+    os::{
+        fd::AsFd,
+        unix::net::{UnixListener, UnixStream},
+    },
     path::{Path, PathBuf},
     process::ExitStatus,
     sync::atomic::{AtomicU32, Ordering},
     time::{Duration, Instant},
 };
 
+use myvm_protocol::READY_VSOCK_PORT;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
 use crate::{
     agent_client::{AgentClient, AgentError},
     assets::Assets,
     check::HostInfo,
+    hybrid_vsock,
     hypervisor::{self, BackendKind, FsDevice, Hypervisor, HypervisorError, VmConfig},
     process::tail,
     vhost_user::{self, DaemonError, FsDaemon, VsockDaemon},
@@ -152,33 +161,22 @@ impl Vm {
             boot_time: Duration::ZERO,
         };
         std::mem::forget(guard); // `vm`'s Drop owns the cleanup now
+                                 // The agent announces itself with a guest-initiated connection to READY_VSOCK_PORT.
+        let ready_path = hybrid_vsock::guest_listener_path(&vm.vsock.uds, READY_VSOCK_PORT);
+        let ready = UnixListener::bind(&ready_path).map_err(|source| VmError::Dir {
+            path: ready_path.clone(),
+            source,
+        })?;
         vm.hv.start(&config)?;
         tracing::info!(vm = vm.id, backend = vm.hv.describe(), pids = ?vm.hv.pids(), "VM started");
 
-        let uds = vm.vsock.uds.clone();
-        let hv = &mut vm.hv;
-        let daemons_alive = |d: &mut VsockDaemon| match d.process.try_wait() {
-            Ok(Some(s)) => Err(format!("vhost-device-vsock exited ({s})")),
-            _ => Ok(()),
-        };
-        let vsock = &mut vm.vsock;
-        let agent = AgentClient::wait_ready(&uds, opts.boot_timeout, || {
-            if let Ok(Some(status)) = hv.try_wait() {
-                return Err(format!(
-                    "the VMM exited ({status}) before the agent answered"
-                ));
-            }
-            daemons_alive(vsock)
-        });
-        match agent {
-            Ok(a) => vm.agent = Some(a),
-            Err(source) => {
-                return Err(VmError::Boot {
-                    source,
-                    log: vm.serial_log.clone(),
-                    serial: tail(&vm.serial_log, 30),
-                })
-            }
+        let deadline = started + opts.boot_timeout;
+        if let Err(source) = vm.wait_for_agent(&ready, deadline) {
+            return Err(VmError::Boot {
+                source,
+                log: vm.serial_log.clone(),
+                serial: tail(&vm.serial_log, 30),
+            });
         }
         vm.boot_time = started.elapsed();
         tracing::info!(
@@ -187,6 +185,57 @@ impl Vm {
             "agent ready"
         );
         Ok(vm)
+    }
+
+    /// Waits for the agent's READY connection, then connects to it. Fails early if the VMM or
+    /// the vsock daemon exits.
+    fn wait_for_agent(
+        &mut self,
+        ready: &UnixListener,
+        deadline: Instant,
+    ) -> Result<(), AgentError> {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let not_ready = |last: String| AgentError::NotReady { timeout, last };
+        ready
+            .set_nonblocking(true)
+            .map_err(|e| not_ready(e.to_string()))?;
+        loop {
+            self.check_alive().map_err(not_ready)?;
+            match ready.accept() {
+                Ok((stream, _)) => match read_ready_line(stream) {
+                    Some(agent_init_ns) => {
+                        tracing::debug!(vm = self.id, agent_init_ns, "agent announced itself");
+                        break;
+                    }
+                    None => continue,
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    return Err(not_ready(format!(
+                        "accepting the agent's READY connection: {e}"
+                    )))
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(not_ready(
+                    "the agent never announced itself on the READY vsock port".into(),
+                ));
+            }
+            let fd = PollFd::new(ready.as_fd(), PollFlags::POLLIN);
+            let _ = poll(&mut [fd], PollTimeout::from(50u16));
+        }
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(2));
+        let hv = &mut self.hv;
+        let vsock = &mut self.vsock;
+        let agent = AgentClient::wait_ready(&vsock.uds.clone(), left, || alive(hv, vsock))?;
+        self.agent = Some(agent);
+        Ok(())
+    }
+
+    fn check_alive(&mut self) -> Result<(), String> {
+        alive(&mut self.hv, &mut self.vsock)
     }
 
     pub fn id(&self) -> &str {
@@ -261,6 +310,27 @@ impl Drop for Vm {
             tracing::warn!(vm = self.id, "removing {}: {e}", self.dir.display());
         }
     }
+}
+
+fn alive(hv: &mut Box<dyn Hypervisor>, vsock: &mut VsockDaemon) -> Result<(), String> {
+    if let Ok(Some(status)) = hv.try_wait() {
+        return Err(format!(
+            "the VMM exited ({status}) before the agent answered"
+        ));
+    }
+    if let Ok(Some(status)) = vsock.process.try_wait() {
+        return Err(format!("vhost-device-vsock exited ({status})"));
+    }
+    Ok(())
+}
+
+/// Reads `READY <ns>` from the agent's announcement connection.
+fn read_ready_line(stream: UnixStream) -> Option<u64> {
+    stream.set_nonblocking(false).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    let mut line = String::new();
+    BufReader::new(stream).take(64).read_line(&mut line).ok()?;
+    line.trim().strip_prefix("READY ")?.parse().ok()
 }
 
 struct DirGuard(PathBuf);

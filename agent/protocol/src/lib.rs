@@ -16,5 +16,9 @@ pub mod agent_ttrpc {
 /// vsock port the agent listens on.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 
+/// Host vsock port the agent connects to once it serves, to tell the host it is ready (the host
+/// listens on the hybrid vsock socket `<uds>_1025`). Saves the host from polling a booting guest.
+pub const READY_VSOCK_PORT: u32 = 1025;
+
 /// Version of the agent API (bumped on incompatible changes to the .proto).
 pub const API_VERSION: u32 = 1;
