@@ -170,8 +170,7 @@ impl Vm {
         vm.hv.start(&config)?;
         tracing::info!(vm = vm.id, backend = vm.hv.describe(), pids = ?vm.hv.pids(), "VM started");
 
-        let deadline = started + opts.boot_timeout;
-        if let Err(source) = vm.wait_for_agent(&ready, deadline) {
+        if let Err(source) = vm.wait_for_agent(&ready, started, opts.boot_timeout) {
             return Err(VmError::Boot {
                 source,
                 log: vm.serial_log.clone(),
@@ -192,9 +191,10 @@ impl Vm {
     fn wait_for_agent(
         &mut self,
         ready: &UnixListener,
-        deadline: Instant,
+        started: Instant,
+        timeout: Duration,
     ) -> Result<(), AgentError> {
-        let timeout = deadline.saturating_duration_since(Instant::now());
+        let deadline = started + timeout;
         let not_ready = |last: String| AgentError::NotReady { timeout, last };
         ready
             .set_nonblocking(true)
