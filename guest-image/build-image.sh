@@ -13,7 +13,9 @@ busybox=/bin/busybox
 kernel_dir=$("$here/build-kernel.sh")
 
 echo "build-image: building the static agent" >&2
-( cd "$root" && RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release --locked \
+# libseccomp is linked statically too (libseccomp-dev ships libseccomp.a).
+( cd "$root" && RUSTFLAGS="-C target-feature=+crt-static" LIBSECCOMP_LINK_TYPE=static \
+      LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu cargo build --quiet --release --locked \
       --target "$target" -p myvm-agent )
 agent="$root/target/$target/release/myvm-agent"
 if ldd "$agent" >/dev/null 2>&1 && ! ldd "$agent" 2>&1 | grep -q "statically linked"; then

@@ -4,15 +4,22 @@
 //! agent it serves the ttrpc API of `myvm-protocol` on vsock port 1024. Outside a VM (not PID 1)
 //! it can serve on a Unix socket instead, for tests: `myvm-agent --listen unix:///path`.
 
+mod container;
 mod guest;
 mod init;
 mod reaper;
+mod sandbox;
 mod service;
 
-use std::{io::Write, os::fd::AsRawFd, sync::mpsc, time::Instant};
+use std::{
+    io::Write,
+    os::fd::AsRawFd,
+    sync::{mpsc, Arc},
+    time::Instant,
+};
 
 use anyhow::{Context, Result};
-use myvm_protocol::{AGENT_VSOCK_PORT, READY_VSOCK_PORT};
+use myvm_protocol::{AGENT_VSOCK_PORT, READY_VSOCK_PORT, STDIO_VSOCK_PORT};
 
 fn main() {
     let started = Instant::now();
@@ -29,16 +36,22 @@ fn main() {
 
 fn run(started: Instant, pid1: bool) -> Result<()> {
     let mut listen = format!("vsock://-1:{AGENT_VSOCK_PORT}");
+    let mut stdio_listen = format!("vsock://-1:{STDIO_VSOCK_PORT}");
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--listen" => listen = args.next().context("--listen needs an address")?,
+            "--stdio-listen" => {
+                stdio_listen = args.next().context("--stdio-listen needs an address")?
+            }
             "--version" => {
                 println!("myvm-agent {}", env!("CARGO_PKG_VERSION"));
                 return Ok(());
             }
             other if pid1 => eprintln!("myvm-agent: ignoring argument {other:?}"),
-            other => anyhow::bail!("unknown argument {other:?} (use --listen ADDR)"),
+            other => {
+                anyhow::bail!("unknown argument {other:?} (use --listen ADDR --stdio-listen ADDR)")
+            }
         }
     }
 
@@ -49,8 +62,13 @@ fn run(started: Instant, pid1: bool) -> Result<()> {
     // Every thread inherits a blocked SIGCHLD; the reaper collects it with sigwait.
     reaper::start().context("starting the reaper")?;
 
+    let events = Arc::new(container::events::EventQueue::default());
+    let manager = Arc::new(container::Manager::new(events));
+    sandbox::serve_stdio(&stdio_listen, manager.clone())
+        .with_context(|| format!("serving stdio streams on {stdio_listen}"))?;
+
     let (shutdown_tx, shutdown_rx) = mpsc::channel::<()>();
-    let server = service::serve(&listen, started, shutdown_tx)
+    let server = service::serve(&listen, started, manager, shutdown_tx)
         .with_context(|| format!("serving the agent API on {listen}"))?;
     tracing::info!(
         listen,

@@ -1,47 +1,90 @@
-//! The ttrpc `Agent` service.
+//! The ttrpc `Agent` service: maps the API onto the guest and the container layer.
 
 use std::{
     collections::HashMap,
+    path::{Path, PathBuf},
     sync::{mpsc, Arc, Mutex},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::Result;
 use myvm_protocol::{agent::*, agent_ttrpc, API_VERSION};
 use ttrpc::TtrpcContext;
 
+use crate::{
+    container::{
+        self,
+        error::ContainerError,
+        events::EventKind,
+        stdio::{self, StdioRequest},
+        Manager,
+    },
+    sandbox,
+};
+
+/// Longest long poll of GetEvents / WaitProcess (the host sets its call timeout above this).
+const MAX_POLL: Duration = Duration::from_secs(30);
+
 pub struct AgentService {
     started: Instant,
     ready_ns: u64,
+    manager: Arc<Manager>,
+    shares: Mutex<Vec<PathBuf>>,
     shutdown: Mutex<Option<mpsc::Sender<()>>>,
 }
 
 /// Starts the ttrpc server on `listen` (`vsock://-1:1024` in a VM, `unix://…` for tests).
-pub fn serve(listen: &str, started: Instant, shutdown: mpsc::Sender<()>) -> Result<ttrpc::Server> {
+pub fn serve(
+    listen: &str,
+    started: Instant,
+    manager: Arc<Manager>,
+    shutdown: mpsc::Sender<()>,
+) -> Result<ttrpc::Server> {
     let service = Arc::new(AgentService {
         started,
         ready_ns: started.elapsed().as_nanos() as u64,
+        manager,
+        shares: Mutex::default(),
         shutdown: Mutex::new(Some(shutdown)),
     });
     let services: HashMap<_, _> = agent_ttrpc::create_agent(service);
     let mut server = ttrpc::Server::new()
         .bind(listen)?
         .register_service(services)
-        .set_thread_count_min(2)
-        .set_thread_count_max(16);
+        .set_thread_count_min(4)
+        .set_thread_count_max(64);
     server.start()?;
     Ok(server)
 }
 
+type R<T> = ttrpc::Result<T>;
+
+fn internal(e: anyhow::Error) -> ttrpc::Error {
+    ttrpc::Error::RpcStatus(ttrpc::get_status(ttrpc::Code::INTERNAL, format!("{e:#}")))
+}
+
+fn stdio_request(s: &Stdio) -> StdioRequest {
+    StdioRequest {
+        terminal: s.terminal,
+        stdin: s.stdin,
+        stdout: s.stdout,
+        stderr: s.stderr && !s.terminal,
+    }
+}
+
+fn ok<T: Default>() -> R<T> {
+    Ok(T::default())
+}
+
 impl agent_ttrpc::Agent for AgentService {
-    fn check(&self, _ctx: &TtrpcContext, _req: CheckRequest) -> ttrpc::Result<CheckResponse> {
+    fn check(&self, _: &TtrpcContext, _: CheckRequest) -> R<CheckResponse> {
         Ok(CheckResponse {
             status: check_response::Status::SERVING.into(),
             ..Default::default()
         })
     }
 
-    fn version(&self, _ctx: &TtrpcContext, _req: VersionRequest) -> ttrpc::Result<VersionResponse> {
+    fn version(&self, _: &TtrpcContext, _: VersionRequest) -> R<VersionResponse> {
         Ok(VersionResponse {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             api_version: API_VERSION,
@@ -51,9 +94,9 @@ impl agent_ttrpc::Agent for AgentService {
 
     fn get_guest_details(
         &self,
-        _ctx: &TtrpcContext,
-        _req: GuestDetailsRequest,
-    ) -> ttrpc::Result<GuestDetailsResponse> {
+        _: &TtrpcContext,
+        _: GuestDetailsRequest,
+    ) -> R<GuestDetailsResponse> {
         let mem = crate::guest::meminfo().map_err(internal)?;
         Ok(GuestDetailsResponse {
             kernel_release: crate::guest::kernel_release(),
@@ -68,11 +111,7 @@ impl agent_ttrpc::Agent for AgentService {
         })
     }
 
-    fn shutdown(
-        &self,
-        _ctx: &TtrpcContext,
-        _req: ShutdownRequest,
-    ) -> ttrpc::Result<ShutdownResponse> {
+    fn shutdown(&self, _: &TtrpcContext, _: ShutdownRequest) -> R<ShutdownResponse> {
         tracing::info!(
             uptime_s = self.started.elapsed().as_secs(),
             "Shutdown requested by the host"
@@ -85,14 +124,287 @@ impl agent_ttrpc::Agent for AgentService {
             .take()
         {
             std::thread::spawn(move || {
-                std::thread::sleep(std::time::Duration::from_millis(50));
+                std::thread::sleep(Duration::from_millis(50));
                 let _ = tx.send(());
             });
         }
-        Ok(ShutdownResponse::default())
+        ok()
     }
-}
 
-fn internal(e: anyhow::Error) -> ttrpc::Error {
-    ttrpc::Error::RpcStatus(ttrpc::get_status(ttrpc::Code::INTERNAL, format!("{e:#}")))
+    fn create_sandbox(
+        &self,
+        _: &TtrpcContext,
+        req: CreateSandboxRequest,
+    ) -> R<CreateSandboxResponse> {
+        if !req.hostname.is_empty() {
+            nix::unistd::sethostname(&req.hostname)
+                .map_err(|e| internal(anyhow::anyhow!("sethostname: {e}")))?;
+        }
+        for m in &req.mounts {
+            let mp = Path::new(&m.mount_point);
+            if !mp.is_absolute() {
+                return Err(
+                    ContainerError::Invalid(format!("mount point {mp:?} is not absolute")).into(),
+                );
+            }
+            sandbox::mount_share(&m.tag, mp, m.readonly).map_err(internal)?;
+            self.shares.lock().unwrap().push(mp.to_path_buf());
+        }
+        sandbox::write_file("/etc/resolv.conf", &req.resolv_conf).map_err(internal)?;
+        sandbox::write_file("/etc/hosts", &req.hosts).map_err(internal)?;
+        self.manager.share_pid_ns.store(
+            req.shared_pid_namespace,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        tracing::info!(
+            sandbox = req.sandbox_id,
+            mounts = req.mounts.len(),
+            "sandbox created"
+        );
+        ok()
+    }
+
+    fn destroy_sandbox(
+        &self,
+        _: &TtrpcContext,
+        _: DestroySandboxRequest,
+    ) -> R<DestroySandboxResponse> {
+        for id in self.manager.ids() {
+            let _ = self.manager.signal(&id, "", libc::SIGKILL as u32, true);
+            if let Err(e) = self.manager.remove(&id) {
+                tracing::warn!(container = id, "remove: {e}");
+            }
+        }
+        for mp in self.shares.lock().unwrap().drain(..).rev() {
+            sandbox::unmount(&mp);
+        }
+        ok()
+    }
+
+    fn create_container(
+        &self,
+        _: &TtrpcContext,
+        req: CreateContainerRequest,
+    ) -> R<CreateContainerResponse> {
+        let pid = self.manager.create(
+            &req.container_id,
+            &req.oci_spec,
+            Path::new(&req.rootfs),
+            stdio_request(req.stdio.get_or_default()),
+        )?;
+        Ok(CreateContainerResponse {
+            pid: pid.as_raw(),
+            ..Default::default()
+        })
+    }
+
+    fn start_container(
+        &self,
+        _: &TtrpcContext,
+        req: StartContainerRequest,
+    ) -> R<StartContainerResponse> {
+        self.manager.start(&req.container_id)?;
+        ok()
+    }
+
+    fn exec_process(&self, _: &TtrpcContext, req: ExecProcessRequest) -> R<ExecProcessResponse> {
+        let pid = self.manager.exec(
+            &req.container_id,
+            &req.exec_id,
+            &req.process,
+            stdio_request(req.stdio.get_or_default()),
+        )?;
+        Ok(ExecProcessResponse {
+            pid: pid.as_raw(),
+            ..Default::default()
+        })
+    }
+
+    fn signal_process(
+        &self,
+        _: &TtrpcContext,
+        req: SignalProcessRequest,
+    ) -> R<SignalProcessResponse> {
+        self.manager
+            .signal(&req.container_id, &req.exec_id, req.signal, req.all)?;
+        ok()
+    }
+
+    fn wait_process(&self, _: &TtrpcContext, req: WaitProcessRequest) -> R<WaitProcessResponse> {
+        let p = self.manager.process(&req.container_id, &req.exec_id)?;
+        match p.exit.wait(MAX_POLL) {
+            Some((status, at)) => Ok(WaitProcessResponse {
+                exit_status: status,
+                exited_at_ns: at,
+                ..Default::default()
+            }),
+            None => Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+                ttrpc::Code::DEADLINE_EXCEEDED,
+                "process still running (wait again)",
+            ))),
+        }
+    }
+
+    fn close_stdin(&self, _: &TtrpcContext, req: CloseStdinRequest) -> R<CloseStdinResponse> {
+        self.manager
+            .process(&req.container_id, &req.exec_id)?
+            .io
+            .close_stdin();
+        ok()
+    }
+
+    fn resize_tty(&self, _: &TtrpcContext, req: ResizeTtyRequest) -> R<ResizeTtyResponse> {
+        let p = self.manager.process(&req.container_id, &req.exec_id)?;
+        let pty = p.io.pty.lock().unwrap();
+        let pty = pty
+            .as_ref()
+            .ok_or_else(|| ContainerError::Precondition("the process has no terminal".into()))?;
+        stdio::resize(
+            pty,
+            req.width.min(u16::MAX as u32) as u16,
+            req.height.min(u16::MAX as u32) as u16,
+        )?;
+        ok()
+    }
+
+    fn list_processes(
+        &self,
+        _: &TtrpcContext,
+        req: ListProcessesRequest,
+    ) -> R<ListProcessesResponse> {
+        let dir = self.manager.cgroup(&req.container_id)?;
+        Ok(ListProcessesResponse {
+            pids: container::cgroup::pids(&dir)?,
+            ..Default::default()
+        })
+    }
+
+    fn stats_container(
+        &self,
+        _: &TtrpcContext,
+        req: StatsContainerRequest,
+    ) -> R<StatsContainerResponse> {
+        let s = container::cgroup::stats(&self.manager.cgroup(&req.container_id)?)?;
+        let cpu = |k: &str| s.cpu.get(k).copied().unwrap_or(0);
+        let ev = |k: &str| s.memory_events.get(k).copied().unwrap_or(0);
+        Ok(StatsContainerResponse {
+            cpu: Some(CpuStats {
+                usage_usec: cpu("usage_usec"),
+                user_usec: cpu("user_usec"),
+                system_usec: cpu("system_usec"),
+                nr_periods: cpu("nr_periods"),
+                nr_throttled: cpu("nr_throttled"),
+                throttled_usec: cpu("throttled_usec"),
+                ..Default::default()
+            })
+            .into(),
+            memory: Some(MemoryStats {
+                usage_bytes: s.memory_current,
+                limit_bytes: s.memory_max,
+                swap_usage_bytes: s.swap_current,
+                swap_limit_bytes: s.swap_max,
+                oom: ev("oom"),
+                oom_kill: ev("oom_kill"),
+                max: ev("max"),
+                stat: s.memory_stat.clone(),
+                ..Default::default()
+            })
+            .into(),
+            pids: Some(PidsStats {
+                current: s.pids_current,
+                limit: s.pids_max,
+                ..Default::default()
+            })
+            .into(),
+            io: s
+                .io
+                .iter()
+                .map(|i| IoEntry {
+                    major: i.major,
+                    minor: i.minor,
+                    rbytes: i.rbytes,
+                    wbytes: i.wbytes,
+                    rios: i.rios,
+                    wios: i.wios,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    fn pause_container(
+        &self,
+        _: &TtrpcContext,
+        req: PauseContainerRequest,
+    ) -> R<PauseContainerResponse> {
+        self.manager.pause(&req.container_id)?;
+        ok()
+    }
+
+    fn resume_container(
+        &self,
+        _: &TtrpcContext,
+        req: ResumeContainerRequest,
+    ) -> R<ResumeContainerResponse> {
+        self.manager.resume(&req.container_id)?;
+        ok()
+    }
+
+    fn update_container(
+        &self,
+        _: &TtrpcContext,
+        req: UpdateContainerRequest,
+    ) -> R<UpdateContainerResponse> {
+        let resources: oci_spec::runtime::LinuxResources = serde_json::from_slice(&req.resources)
+            .map_err(|e| {
+            ContainerError::Invalid(format!("resources are not valid OCI LinuxResources: {e}"))
+        })?;
+        container::cgroup::update(&self.manager.cgroup(&req.container_id)?, &resources)?;
+        ok()
+    }
+
+    fn remove_container(
+        &self,
+        _: &TtrpcContext,
+        req: RemoveContainerRequest,
+    ) -> R<RemoveContainerResponse> {
+        self.manager.remove(&req.container_id)?;
+        ok()
+    }
+
+    fn get_events(&self, _: &TtrpcContext, req: GetEventsRequest) -> R<GetEventsResponse> {
+        let timeout = Duration::from_millis(req.timeout_ms as u64).min(MAX_POLL);
+        let events = self
+            .manager
+            .events
+            .take(timeout)
+            .into_iter()
+            .map(|e| {
+                let mut out = Event {
+                    container_id: e.container_id,
+                    exec_id: e.exec_id,
+                    ..Default::default()
+                };
+                match e.kind {
+                    EventKind::Exited {
+                        pid,
+                        exit_status,
+                        exited_at_ns,
+                    } => out.set_exited(ProcessExited {
+                        pid,
+                        exit_status,
+                        exited_at_ns,
+                        ..Default::default()
+                    }),
+                    EventKind::Oom => out.set_oom(ContainerOom::default()),
+                }
+                out
+            })
+            .collect();
+        Ok(GetEventsResponse {
+            events,
+            ..Default::default()
+        })
+    }
 }

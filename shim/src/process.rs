@@ -9,6 +9,7 @@ use std::{
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
+    sync::{mpsc, Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -85,7 +86,7 @@ impl Managed {
             });
         }
         let program = PathBuf::from(cmd.get_program());
-        let child = cmd.spawn().map_err(|source| ProcessError::Spawn {
+        let child = spawn_from_spawner(cmd).map_err(|source| ProcessError::Spawn {
             name: name.to_string(),
             program,
             source,
@@ -173,6 +174,33 @@ impl Drop for Managed {
     }
 }
 
+type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
+
+/// PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not the process. Threads
+/// of a ttrpc server pool (or of a test harness) come and go, so every child is forked by one
+/// thread that lives as long as the process.
+fn spawn_from_spawner(cmd: Command) -> io::Result<Child> {
+    static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let tx = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("myvm-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("spawning the spawner thread");
+        Mutex::new(tx)
+    });
+    let (reply_tx, reply_rx) = mpsc::channel();
+    tx.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((cmd, reply_tx))
+        .map_err(|_| io::Error::other("spawner thread is gone"))?;
+    reply_rx.recv().map_err(|_| io::Error::other("spawner thread is gone"))?
+}
+
 /// The last `max_lines` lines of a (log) file, for error messages.
 pub fn tail(path: &Path, max_lines: usize) -> String {
     let text = std::fs::read(path).unwrap_or_default();
@@ -213,6 +241,21 @@ mod tests {
             .success());
         assert_eq!(tail(&log, 2), "line5\nerr");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn child_survives_the_thread_that_asked_for_it() {
+        let p = std::thread::spawn(|| {
+            let mut cmd = Command::new("sleep");
+            cmd.arg("30");
+            Managed::spawn("sleep", cmd, None).unwrap()
+        })
+        .join()
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let mut p = p;
+        let status = p.try_wait().unwrap();
+        assert!(status.is_none(), "pdeathsig must not fire when a worker thread exits: {status:?}");
     }
 
     #[test]

@@ -20,5 +20,8 @@ pub const AGENT_VSOCK_PORT: u32 = 1024;
 /// listens on the hybrid vsock socket `<uds>_1025`). Saves the host from polling a booting guest.
 pub const READY_VSOCK_PORT: u32 = 1025;
 
+/// vsock port of the agent's stdio streams (one connection per stream; see agent.proto).
+pub const STDIO_VSOCK_PORT: u32 = 1026;
+
 /// Version of the agent API (bumped on incompatible changes to the .proto).
 pub const API_VERSION: u32 = 1;
