@@ -1,0 +1,94 @@
+//! Command-line flags of `myvm-vmm`; they override the values of an optional JSON file.
+
+use std::path::PathBuf;
+
+use super::{parse_fs_arg, ConfigError, CpuCompat, FsConfig, VmmConfig};
+
+/// myvm's own KVM microVM monitor: boots a PVH `vmlinux` + initramfs with a serial console and
+/// vhost-user virtio devices (vsock, virtio-fs) on virtio-mmio.
+#[derive(Debug, clap::Parser)]
+#[command(name = "myvm-vmm", version)]
+pub struct Cli {
+    /// JSON configuration file (fields of `VmmConfig`); flags given as well override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// ELF vmlinux with a PVH entry point.
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Initramfs (newc cpio).
+    #[arg(long)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line (the VMM appends `virtio_mmio.device=` entries).
+    #[arg(long, allow_hyphen_values = true)]
+    pub cmdline: Option<String>,
+    /// Number of vCPUs (1..=32).
+    #[arg(long)]
+    pub vcpus: Option<u32>,
+    /// Guest memory in MiB (at least 64).
+    #[arg(long = "memory-mib", alias = "memory")]
+    pub memory_mib: Option<u32>,
+    /// File the guest serial console is written to (appended).
+    #[arg(long)]
+    pub serial_log: Option<PathBuf>,
+    /// vhost-user socket of the vsock backend (vhost-device-vsock).
+    #[arg(long)]
+    pub vsock_socket: Option<PathBuf>,
+    /// virtio-fs device served by a vhost-user daemon, as TAG=SOCKET (repeatable).
+    #[arg(long = "fs", value_parser = parse_fs_value)]
+    pub fs: Vec<FsConfig>,
+    /// Turn the seccomp filters off (debugging only).
+    #[arg(long)]
+    pub no_seccomp: bool,
+    /// Hide CPU features KVM-PVM cannot emulate (auto: when the host lacks vmx/svm).
+    #[arg(long, value_enum)]
+    pub cpu_compat: Option<CpuCompat>,
+    /// Print the effective configuration as JSON and exit without creating a VM.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+fn parse_fs_value(s: &str) -> Result<FsConfig, String> {
+    parse_fs_arg(s).map_err(|e| e.to_string())
+}
+
+impl Cli {
+    /// Merges the JSON file (if any) with the flags and validates the result.
+    pub fn into_config(self) -> Result<VmmConfig, ConfigError> {
+        let mut cfg = match &self.config {
+            Some(path) => VmmConfig::from_json_file(path)?,
+            None => VmmConfig::new(PathBuf::new(), self.serial_log.clone().unwrap_or_default()),
+        };
+        if let Some(k) = self.kernel {
+            cfg.kernel = k;
+        }
+        if self.initrd.is_some() {
+            cfg.initrd = self.initrd;
+        }
+        if let Some(c) = self.cmdline {
+            cfg.cmdline = c;
+        }
+        if let Some(v) = self.vcpus {
+            cfg.vcpus = v;
+        }
+        if let Some(m) = self.memory_mib {
+            cfg.memory_mib = m;
+        }
+        if let Some(s) = self.serial_log {
+            cfg.serial_log = s;
+        }
+        if self.vsock_socket.is_some() {
+            cfg.vsock_socket = self.vsock_socket;
+        }
+        if !self.fs.is_empty() {
+            cfg.fs = self.fs;
+        }
+        if self.no_seccomp {
+            cfg.seccomp = false;
+        }
+        if let Some(c) = self.cpu_compat {
+            cfg.cpu_compat = c;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}

@@ -1,0 +1,231 @@
+//! VMM configuration: CLI flags and/or a JSON file, validated before any VM is created.
+
+use std::path::{Path, PathBuf};
+
+pub mod cli;
+
+use serde::{Deserialize, Serialize};
+
+/// Most vCPUs a guest may have (the guest kernel's CONFIG_NR_CPUS; also the MP table limit we use).
+pub const MAX_VCPUS: u8 = 32;
+/// Least guest memory that boots the guest image.
+pub const MIN_MEMORY_MIB: u32 = 64;
+/// Most guest memory we accept (bounded so the memfd size and e820 stay sane).
+pub const MAX_MEMORY_MIB: u32 = 256 * 1024;
+/// The x86 kernel's COMMAND_LINE_SIZE (including the terminating NUL).
+pub const MAX_CMDLINE_LEN: usize = 2048;
+/// Longest virtio-fs tag (virtio spec: 36 bytes, not NUL-terminated when full).
+pub const MAX_FS_TAG_LEN: usize = 36;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("kernel is not set")]
+    NoKernel,
+    #[error("kernel {0} does not exist or is not a file")]
+    MissingKernel(PathBuf),
+    #[error("initrd {0} does not exist or is not a file")]
+    MissingInitrd(PathBuf),
+    #[error("vcpus must be 1..={MAX_VCPUS}, got {0}")]
+    BadVcpus(u32),
+    #[error("memory must be {MIN_MEMORY_MIB}..={MAX_MEMORY_MIB} MiB, got {0} MiB")]
+    BadMemory(u32),
+    #[error("serial log path is not set")]
+    NoSerialLog,
+    #[error("serial log directory {0} does not exist")]
+    SerialLogDir(PathBuf),
+    #[error("kernel command line is {0} bytes, the guest accepts at most {max}", max = MAX_CMDLINE_LEN - 1)]
+    CmdlineTooLong(usize),
+    #[error("kernel command line must not contain NUL or newline characters")]
+    CmdlineChars,
+    #[error("virtio-fs tag {0:?} must be 1..={MAX_FS_TAG_LEN} bytes")]
+    BadFsTag(String),
+    #[error("duplicate virtio-fs tag {0:?}")]
+    DuplicateFsTag(String),
+    #[error("bad --fs value {0:?}: expected TAG=SOCKET")]
+    BadFsArg(String),
+    #[error("too many virtio devices: {0} (at most {max})", max = crate::boot::layout::MAX_VIRTIO_DEVICES)]
+    TooManyDevices(usize),
+    #[error("cannot read config file {0}: {1}")]
+    ReadFile(PathBuf, String),
+    #[error("cannot parse config file {0}: {1}")]
+    ParseFile(PathBuf, String),
+}
+
+/// A virtio-fs device served by a vhost-user daemon (virtiofsd).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FsConfig {
+    /// Mount tag the guest uses (`mount -t virtiofs <tag> <dir>`).
+    pub tag: String,
+    /// vhost-user socket of the daemon.
+    pub socket: PathBuf,
+    /// Request queues the device offers (virtiofsd serves 1 by default).
+    #[serde(default = "default_fs_queues")]
+    pub request_queues: u16,
+}
+
+fn default_fs_queues() -> u16 {
+    1
+}
+
+/// Whether guest CPUID hides the features KVM-PVM cannot emulate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CpuCompat {
+    /// Hide them when the host has no hardware virtualization (no vmx/svm in /proc/cpuinfo).
+    #[default]
+    Auto,
+    /// Always hide them.
+    On,
+    /// Never hide them.
+    Off,
+}
+
+/// Complete VMM configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmmConfig {
+    /// ELF `vmlinux` (PVH entry note required).
+    pub kernel: PathBuf,
+    /// Uncompressed (or gzip) newc initramfs, handed over as a PVH module.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line; the VMM appends its `virtio_mmio.device=` announcements.
+    #[serde(default)]
+    pub cmdline: String,
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u32,
+    #[serde(default = "default_memory")]
+    pub memory_mib: u32,
+    /// File the guest's serial console (ttyS0) is appended to.
+    pub serial_log: PathBuf,
+    /// vhost-user socket of the vsock daemon (vhost-device-vsock).
+    #[serde(default)]
+    pub vsock_socket: Option<PathBuf>,
+    #[serde(default)]
+    pub fs: Vec<FsConfig>,
+    /// seccomp filters on the VMM and vCPU threads.
+    #[serde(default = "default_true")]
+    pub seccomp: bool,
+    #[serde(default)]
+    pub cpu_compat: CpuCompat,
+}
+
+fn default_vcpus() -> u32 {
+    1
+}
+fn default_memory() -> u32 {
+    256
+}
+fn default_true() -> bool {
+    true
+}
+
+impl VmmConfig {
+    /// A configuration with defaults for everything but the kernel and the serial log.
+    pub fn new(kernel: impl Into<PathBuf>, serial_log: impl Into<PathBuf>) -> Self {
+        VmmConfig {
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: String::new(),
+            vcpus: default_vcpus(),
+            memory_mib: default_memory(),
+            serial_log: serial_log.into(),
+            vsock_socket: None,
+            fs: Vec::new(),
+            seccomp: true,
+            cpu_compat: CpuCompat::Auto,
+        }
+    }
+
+    pub fn from_json_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::ReadFile(path.to_owned(), e.to_string()))?;
+        serde_json::from_str(&text)
+            .map_err(|e| ConfigError::ParseFile(path.to_owned(), e.to_string()))
+    }
+
+    /// Number of virtio-mmio devices this configuration creates.
+    pub fn virtio_device_count(&self) -> usize {
+        usize::from(self.vsock_socket.is_some()) + self.fs.len()
+    }
+
+    /// Everything that can be checked without touching KVM.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.kernel.as_os_str().is_empty() {
+            return Err(ConfigError::NoKernel);
+        }
+        if !self.kernel.is_file() {
+            return Err(ConfigError::MissingKernel(self.kernel.clone()));
+        }
+        if let Some(initrd) = &self.initrd {
+            if !initrd.is_file() {
+                return Err(ConfigError::MissingInitrd(initrd.clone()));
+            }
+        }
+        if self.vcpus == 0 || self.vcpus > u32::from(MAX_VCPUS) {
+            return Err(ConfigError::BadVcpus(self.vcpus));
+        }
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
+            return Err(ConfigError::BadMemory(self.memory_mib));
+        }
+        if self.serial_log.as_os_str().is_empty() {
+            return Err(ConfigError::NoSerialLog);
+        }
+        if let Some(dir) = self.serial_log.parent() {
+            if !dir.as_os_str().is_empty() && !dir.is_dir() {
+                return Err(ConfigError::SerialLogDir(dir.to_owned()));
+            }
+        }
+        if self.cmdline.contains(['\0', '\n']) {
+            return Err(ConfigError::CmdlineChars);
+        }
+        // Leave room for the device announcements the VMM appends.
+        let full = crate::boot::cmdline::build(
+            &self.cmdline,
+            crate::boot::cmdline::PVM_COMPAT_ARGS,
+            &self.virtio_slots(),
+        )
+        .map_err(|_| ConfigError::CmdlineChars)?;
+        if full.len() >= MAX_CMDLINE_LEN {
+            return Err(ConfigError::CmdlineTooLong(full.len()));
+        }
+        let mut tags = std::collections::HashSet::new();
+        for fs in &self.fs {
+            if fs.tag.is_empty() || fs.tag.len() > MAX_FS_TAG_LEN {
+                return Err(ConfigError::BadFsTag(fs.tag.clone()));
+            }
+            if !tags.insert(fs.tag.as_str()) {
+                return Err(ConfigError::DuplicateFsTag(fs.tag.clone()));
+            }
+        }
+        if self.virtio_device_count() > crate::boot::layout::MAX_VIRTIO_DEVICES {
+            return Err(ConfigError::TooManyDevices(self.virtio_device_count()));
+        }
+        Ok(())
+    }
+
+    /// MMIO window and IRQ of each virtio device, in device order (vsock first, then fs).
+    pub fn virtio_slots(&self) -> Vec<crate::boot::layout::VirtioSlot> {
+        (0..self.virtio_device_count())
+            .map(crate::boot::layout::VirtioSlot::nth)
+            .collect()
+    }
+}
+
+/// Parses a `--fs TAG=SOCKET` argument.
+pub fn parse_fs_arg(arg: &str) -> Result<FsConfig, ConfigError> {
+    let (tag, socket) = arg
+        .split_once('=')
+        .ok_or_else(|| ConfigError::BadFsArg(arg.to_owned()))?;
+    if tag.is_empty() || socket.is_empty() {
+        return Err(ConfigError::BadFsArg(arg.to_owned()));
+    }
+    Ok(FsConfig {
+        tag: tag.to_owned(),
+        socket: PathBuf::from(socket),
+        request_queues: 1,
+    })
+}
+
+#[cfg(test)]
+mod tests;

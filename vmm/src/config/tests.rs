@@ -1,0 +1,173 @@
+use super::cli::Cli;
+use super::*;
+use clap::Parser;
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("myvm-vmm-cfg-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+struct Dir(PathBuf);
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn valid(d: &Path) -> VmmConfig {
+    std::fs::write(d.join("vmlinux"), b"x").unwrap();
+    std::fs::write(d.join("initrd"), b"x").unwrap();
+    let mut c = VmmConfig::new(d.join("vmlinux"), d.join("serial.log"));
+    c.initrd = Some(d.join("initrd"));
+    c
+}
+
+#[test]
+fn bad_configs_are_rejected_with_clear_errors() {
+    let d = Dir(tmpdir("bad"));
+    let ok = valid(&d.0);
+    assert_eq!(ok.validate(), Ok(()));
+
+    let mut c = ok.clone();
+    c.kernel = d.0.join("nope");
+    assert_eq!(
+        c.validate(),
+        Err(ConfigError::MissingKernel(d.0.join("nope")))
+    );
+    assert!(c
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("does not exist"));
+
+    let mut c = ok.clone();
+    c.kernel = PathBuf::new();
+    assert_eq!(c.validate(), Err(ConfigError::NoKernel));
+
+    let mut c = ok.clone();
+    c.initrd = Some(d.0.join("nope"));
+    assert!(matches!(c.validate(), Err(ConfigError::MissingInitrd(_))));
+
+    let mut c = ok.clone();
+    c.memory_mib = 32;
+    assert_eq!(c.validate(), Err(ConfigError::BadMemory(32)));
+    assert!(c.validate().unwrap_err().to_string().contains("64..="));
+
+    for v in [0, 33, 1000] {
+        let mut c = ok.clone();
+        c.vcpus = v;
+        assert_eq!(c.validate(), Err(ConfigError::BadVcpus(v)));
+    }
+
+    let mut c = ok.clone();
+    c.serial_log = d.0.join("missing-dir/serial.log");
+    assert!(matches!(c.validate(), Err(ConfigError::SerialLogDir(_))));
+
+    let mut c = ok.clone();
+    c.cmdline = "a".repeat(2000);
+    assert!(matches!(c.validate(), Err(ConfigError::CmdlineTooLong(_))));
+
+    let mut c = ok.clone();
+    c.cmdline = "console=ttyS0\n".into();
+    assert_eq!(c.validate(), Err(ConfigError::CmdlineChars));
+
+    let mut c = ok.clone();
+    c.fs = vec![parse_fs_arg("a=/x").unwrap(), parse_fs_arg("a=/y").unwrap()];
+    assert_eq!(c.validate(), Err(ConfigError::DuplicateFsTag("a".into())));
+
+    let mut c = ok.clone();
+    c.fs = vec![FsConfig {
+        tag: "t".repeat(37),
+        socket: "/x".into(),
+        request_queues: 1,
+    }];
+    assert!(matches!(c.validate(), Err(ConfigError::BadFsTag(_))));
+
+    let mut c = ok;
+    c.fs = (0..20)
+        .map(|i| parse_fs_arg(&format!("t{i}=/s")).unwrap())
+        .collect();
+    assert_eq!(c.validate(), Err(ConfigError::TooManyDevices(20)));
+}
+
+#[test]
+fn fs_argument_syntax() {
+    let f = parse_fs_arg("myvmfs=/run/fs.sock").unwrap();
+    assert_eq!(
+        (f.tag.as_str(), f.socket.as_path()),
+        ("myvmfs", Path::new("/run/fs.sock"))
+    );
+    assert!(parse_fs_arg("noequals").is_err());
+    assert!(parse_fs_arg("=/x").is_err());
+    assert!(parse_fs_arg("tag=").is_err());
+}
+
+#[test]
+fn cli_flags_override_the_json_file() {
+    let d = Dir(tmpdir("cli"));
+    let base = valid(&d.0);
+    let json = d.0.join("vm.json");
+    std::fs::write(&json, serde_json::to_string(&base).unwrap()).unwrap();
+    let cli = Cli::try_parse_from([
+        "myvm-vmm",
+        "--config",
+        json.to_str().unwrap(),
+        "--vcpus",
+        "4",
+        "--memory-mib",
+        "512",
+        "--cmdline",
+        "console=ttyS0 reboot=t",
+        "--vsock-socket",
+        "/run/v.sock",
+        "--fs",
+        "a=/run/a.sock",
+        "--fs",
+        "b=/run/b.sock",
+        "--no-seccomp",
+    ])
+    .unwrap();
+    let c = cli.into_config().unwrap();
+    assert_eq!((c.vcpus, c.memory_mib), (4, 512));
+    assert_eq!(c.kernel, base.kernel);
+    assert_eq!(c.cmdline, "console=ttyS0 reboot=t");
+    assert_eq!(c.vsock_socket.as_deref(), Some(Path::new("/run/v.sock")));
+    assert_eq!(
+        c.fs.iter().map(|f| f.tag.as_str()).collect::<Vec<_>>(),
+        vec!["a", "b"]
+    );
+    assert!(!c.seccomp);
+    assert_eq!(c.virtio_slots().len(), 3);
+}
+
+#[test]
+fn json_file_alone_and_unknown_fields() {
+    let d = Dir(tmpdir("json"));
+    let base = valid(&d.0);
+    let json = d.0.join("vm.json");
+    let text = format!(
+        r#"{{"kernel": {:?}, "serial_log": {:?}, "vcpus": 2,
+            "fs": [{{"tag": "myvmfs", "socket": "/run/fs.sock"}}]}}"#,
+        base.kernel, base.serial_log
+    );
+    std::fs::write(&json, text).unwrap();
+    let c = VmmConfig::from_json_file(&json).unwrap();
+    assert_eq!((c.vcpus, c.memory_mib, c.seccomp), (2, 256, true));
+    assert_eq!(c.fs[0].request_queues, 1);
+    c.validate().unwrap();
+
+    std::fs::write(&json, r#"{"kernel": "/k", "serial_log": "/s", "vcpu": 2}"#).unwrap();
+    let e = VmmConfig::from_json_file(&json).unwrap_err();
+    assert!(e.to_string().contains("unknown field"), "{e}");
+
+    let e = VmmConfig::from_json_file(&d.0.join("missing.json")).unwrap_err();
+    assert!(matches!(e, ConfigError::ReadFile(..)));
+}
+
+#[test]
+fn cli_without_kernel_fails_validation() {
+    let cli = Cli::try_parse_from(["myvm-vmm", "--serial-log", "/tmp/x.log"]).unwrap();
+    assert_eq!(cli.into_config(), Err(ConfigError::NoKernel));
+}

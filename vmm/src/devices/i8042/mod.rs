@@ -1,0 +1,69 @@
+//! Minimal i8042 keyboard controller (ports 0x60/0x64): the guest's reset command (0xfe on
+//! port 0x64, e.g. `reboot=k`) ends the VM.
+
+use vm_superio::I8042Device;
+
+use super::BusDevice;
+
+/// Called when the guest asks the controller to pulse the reset line.
+#[derive(Clone)]
+pub struct ResetTrigger(pub std::sync::Arc<dyn Fn() + Send + Sync>);
+
+impl vm_superio::Trigger for ResetTrigger {
+    type E = std::io::Error;
+    fn trigger(&self) -> std::io::Result<()> {
+        (self.0)();
+        Ok(())
+    }
+}
+
+/// Mapped at 0x60 with a window of 5 ports (0x60 data, 0x64 command/status).
+pub struct I8042 {
+    inner: I8042Device<ResetTrigger>,
+}
+
+impl I8042 {
+    pub fn new(on_reset: ResetTrigger) -> Self {
+        I8042 {
+            inner: I8042Device::new(on_reset),
+        }
+    }
+}
+
+impl BusDevice for I8042 {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if data.len() == 1 && (offset == 0 || offset == 4) {
+            data[0] = self.inner.read(offset as u8);
+        } else {
+            data.fill(0);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if data.len() == 1 && (offset == 0 || offset == 4) {
+            let _ = self.inner.write(offset as u8, data[0]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc,
+    };
+
+    #[test]
+    fn reset_command_fires_once() {
+        let n = Arc::new(AtomicU32::new(0));
+        let n2 = n.clone();
+        let mut k = I8042::new(ResetTrigger(Arc::new(move || {
+            n2.fetch_add(1, Ordering::SeqCst);
+        })));
+        k.write(4, &[0x20]); // read command byte: not a reset
+        assert_eq!(n.load(Ordering::SeqCst), 0);
+        k.write(4, &[0xfe]);
+        assert_eq!(n.load(Ordering::SeqCst), 1);
+    }
+}

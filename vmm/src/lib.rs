@@ -1,0 +1,13 @@
+//! myvm-vmm: myvm's own KVM microVM monitor built from rust-vmm crates.
+//!
+//! Layout: [`config`] (CLI/JSON + validation), [`memory`] (memfd guest RAM), [`boot`] (kernel
+//! loading, PVH start info, CPUID, MP table), [`vstate`] (KVM VM and vCPUs), [`devices`]
+//! (serial, i8042, virtio-mmio, vhost-user), [`seccomp`] and [`vmm`] (wiring + run loop).
+
+pub mod boot;
+pub mod config;
+pub mod devices;
+pub mod memory;
+pub mod seccomp;
+pub mod vmm;
+pub mod vstate;

@@ -1,0 +1,259 @@
+//! Wiring: builds the VM from a validated [`VmmConfig`], runs one thread per vCPU and waits for
+//! the guest to stop (reset / power-off), a vCPU error, or SIGTERM/SIGINT/SIGHUP.
+
+use std::{
+    fs::OpenOptions,
+    os::fd::AsFd,
+    sync::{atomic::AtomicBool, Arc, Mutex},
+};
+
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::SignalFd;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::boot::{self, cpuid, layout};
+use crate::config::{CpuCompat, VmmConfig};
+use crate::devices::{i8042, serial::SerialDevice, Bus, IrqLine};
+use crate::vstate::{
+    vcpu::{Vcpu, VcpuExitReason},
+    vm::Vm,
+};
+
+/// Process exit status of `myvm-vmm`.
+pub mod exit_code {
+    /// The guest powered off or reset (triple fault with `reboot=t`, i8042 reset).
+    pub const GUEST_EXIT: i32 = 0;
+    /// The VM failed at runtime (KVM internal/emulation error, entry failure, device setup).
+    pub const VM_ERROR: i32 = 1;
+    /// Invalid configuration or command line; no VM was created.
+    pub const CONFIG_ERROR: i32 = 2;
+    /// Stopped by SIGTERM/SIGINT/SIGHUP: 128 + signal number (143 for SIGTERM).
+    pub const SIGNAL_BASE: i32 = 128;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error(transparent)]
+    Vm(#[from] crate::vstate::vm::VmError),
+    #[error(transparent)]
+    Vcpu(#[from] crate::vstate::vcpu::VcpuError),
+    #[error(transparent)]
+    Memory(#[from] crate::memory::MemoryError),
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error(transparent)]
+    Cmdline(#[from] boot::cmdline::CmdlineError),
+    #[error("serial log {0}: {1}")]
+    SerialLog(String, std::io::Error),
+    #[error("{0}: {1}")]
+    Io(&'static str, std::io::Error),
+    #[error("signals: {0}")]
+    Signal(nix::Error),
+    #[error(transparent)]
+    Bus(#[from] crate::devices::bus::BusError),
+    #[error(transparent)]
+    Device(#[from] crate::devices::vhost_user::VhostUserError),
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
+}
+
+/// How the VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Guest(VcpuExitReason),
+    Signal(Signal),
+}
+
+impl Outcome {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Outcome::Guest(VcpuExitReason::Reset | VcpuExitReason::Shutdown) => {
+                exit_code::GUEST_EXIT
+            }
+            Outcome::Guest(VcpuExitReason::Error(_)) => exit_code::VM_ERROR,
+            Outcome::Signal(s) => exit_code::SIGNAL_BASE + *s as i32,
+        }
+    }
+}
+
+/// First reason any vCPU or device reports for stopping the VM.
+pub struct ExitSignal {
+    reason: Mutex<Option<VcpuExitReason>>,
+    evt: EventFd,
+}
+
+impl ExitSignal {
+    pub fn new() -> std::io::Result<Self> {
+        Ok(ExitSignal {
+            reason: Mutex::new(None),
+            evt: EventFd::new(libc::EFD_NONBLOCK)?,
+        })
+    }
+    pub fn report(&self, r: VcpuExitReason) {
+        let mut g = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        if g.is_none() {
+            *g = Some(r);
+        }
+        let _ = self.evt.write(1);
+    }
+    pub fn take(&self) -> Option<VcpuExitReason> {
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// Whether CPUID hides the features KVM-PVM cannot emulate.
+pub fn pvm_compat(c: CpuCompat) -> bool {
+    match c {
+        CpuCompat::On => true,
+        CpuCompat::Off => false,
+        CpuCompat::Auto => !cpuid::host_has_hw_virt(),
+    }
+}
+
+/// Signals that stop the VM; blocked in every thread and read through a signalfd.
+pub fn stop_signals() -> SigSet {
+    let mut s = SigSet::empty();
+    s.add(Signal::SIGTERM);
+    s.add(Signal::SIGINT);
+    s.add(Signal::SIGHUP);
+    s
+}
+
+/// Builds and runs the VM until it stops. Call from the main thread before other threads exist.
+pub fn run(cfg: &VmmConfig) -> Result<Outcome, VmmError> {
+    let sigs = stop_signals();
+    sigs.thread_block().map_err(VmmError::Signal)?;
+    let sigfd = SignalFd::new(&sigs).map_err(VmmError::Signal)?;
+
+    let vcpus = cfg.vcpus as u8;
+    let mem_size = u64::from(cfg.memory_mib) << 20;
+    let vm = Vm::new(cfg.vcpus)?;
+    let mem = crate::memory::create(mem_size)?;
+    vm.set_memory(&mem)?;
+
+    let compat = pvm_compat(cfg.cpu_compat);
+    let slots = cfg.virtio_slots();
+    let extra = if compat {
+        boot::cmdline::PVM_COMPAT_ARGS
+    } else {
+        ""
+    };
+    let cmdline = boot::cmdline::build(&cfg.cmdline, extra, &slots)?;
+    tracing::info!(%cmdline, "kernel command line");
+    let boot_info = boot::load(
+        &mem,
+        mem_size,
+        &cfg.kernel,
+        cfg.initrd.as_deref(),
+        &cmdline,
+        vcpus,
+    )?;
+
+    let exit = Arc::new(ExitSignal::new().map_err(|e| VmmError::Io("eventfd", e))?);
+
+    // Port I/O: COM1 and the i8042.
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&cfg.serial_log)
+        .map_err(|e| VmmError::SerialLog(cfg.serial_log.display().to_string(), e))?;
+    let serial_irq = IrqLine::new().map_err(|e| VmmError::Io("eventfd", e))?;
+    vm.register_irqfd(&serial_irq.0, layout::SERIAL_IRQ)?;
+    let mut pio = Bus::new();
+    pio.insert(
+        Arc::new(Mutex::new(SerialDevice::new(serial_irq, log))),
+        u64::from(layout::SERIAL_PORT),
+        8,
+    )?;
+    let exit_for_reset = exit.clone();
+    let kbd = i8042::I8042::new(i8042::ResetTrigger(Arc::new(move || {
+        tracing::info!("guest reset through the i8042");
+        exit_for_reset.report(VcpuExitReason::Reset);
+    })));
+    pio.insert(Arc::new(Mutex::new(kbd)), u64::from(layout::I8042_PORT), 5)?;
+
+    // MMIO: virtio devices backed by vhost-user daemons.
+    let mut mmio = Bus::new();
+    let devices = crate::devices::vhost_user::attach_all(cfg, &vm, &mem, &slots, &mut mmio)?;
+
+    if compat {
+        tracing::info!("host has no hardware virtualization: hiding cx16, popcnt, xsave, avx, rdrand, rdseed, smap and arch-capabilities from the guest (CPUID and kernel parameters)");
+    }
+    let supported = vm.supported_cpuid()?;
+    let mut vcpu_list = Vec::new();
+    for i in 0..vcpus {
+        let v = Vcpu::new(&vm, i)?;
+        v.configure(&supported, vcpus, compat, (i == 0).then_some(&boot_info))?;
+        vcpu_list.push(v);
+    }
+
+    let filters = if cfg.seccomp {
+        Some(crate::seccomp::Filters::build()?)
+    } else {
+        tracing::warn!("seccomp filters are off (--no-seccomp)");
+        None
+    };
+
+    let buses = Arc::new((pio, mmio));
+    let stop = Arc::new(AtomicBool::new(false));
+    for mut v in vcpu_list {
+        let buses = buses.clone();
+        let exit = exit.clone();
+        let stop = stop.clone();
+        let filter = filters.as_ref().map(|f| f.vcpu.clone());
+        std::thread::Builder::new()
+            .name(format!("vcpu{}", v.index))
+            .spawn(move || {
+                if let Some(f) = filter {
+                    if let Err(e) = crate::seccomp::apply(&f) {
+                        exit.report(VcpuExitReason::Error(format!(
+                            "seccomp on vCPU thread: {e}"
+                        )));
+                        return;
+                    }
+                }
+                let reason = v.run(&buses.0, &buses.1, &stop);
+                tracing::info!(vcpu = v.index, ?reason, "vCPU stopped");
+                exit.report(reason);
+            })
+            .map_err(|e| VmmError::Io("spawning a vCPU thread", e))?;
+    }
+    if let Some(f) = &filters {
+        crate::seccomp::apply(&f.vmm)?;
+    }
+    tracing::info!(vcpus, memory_mib = cfg.memory_mib, "VM running");
+
+    let outcome = wait(&sigfd, &exit)?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(devices);
+    Ok(outcome)
+}
+
+fn wait(sigfd: &SignalFd, exit: &ExitSignal) -> Result<Outcome, VmmError> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::BorrowedFd;
+    loop {
+        // SAFETY: the eventfd outlives this borrow.
+        let evt = unsafe { BorrowedFd::borrow_raw(std::os::fd::AsRawFd::as_raw_fd(&exit.evt)) };
+        let mut fds = [
+            PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
+            PollFd::new(evt, PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(VmmError::Signal(e)),
+        }
+        if let Some(r) = exit.take() {
+            return Ok(Outcome::Guest(r));
+        }
+        if let Ok(Some(info)) = sigfd.read_signal() {
+            let sig = Signal::try_from(info.ssi_signo as i32).unwrap_or(Signal::SIGTERM);
+            tracing::info!(signal = %sig, "stopping the VM");
+            return Ok(Outcome::Signal(sig));
+        }
+    }
+}

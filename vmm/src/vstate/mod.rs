@@ -1,0 +1,4 @@
+//! KVM state: the VM (memory slots, irqchip, PIT, irqfds, ioeventfds) and the vCPUs.
+
+pub mod vcpu;
+pub mod vm;
