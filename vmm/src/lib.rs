@@ -11,3 +11,6 @@ pub mod memory;
 pub mod seccomp;
 pub mod vmm;
 pub mod vstate;
+
+/// When the process started (set first thing in `main`); used to report time to first KVM_RUN.
+pub static PROCESS_START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();

@@ -8,6 +8,7 @@ fn main() {
 }
 
 fn real_main() -> i32 {
+    myvm_vmm::PROCESS_START.get_or_init(std::time::Instant::now);
     // Never outlive the process that started us (the shim).
     // SAFETY: plain prctl with constant arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };

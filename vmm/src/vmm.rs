@@ -215,6 +215,14 @@ pub fn run(cfg: &VmmConfig) -> Result<Outcome, VmmError> {
                         return;
                     }
                 }
+                if v.index == 0 {
+                    if let Some(t0) = crate::PROCESS_START.get() {
+                        tracing::info!(
+                            ms = t0.elapsed().as_secs_f64() * 1000.0,
+                            "first KVM_RUN (time since process start)"
+                        );
+                    }
+                }
                 let reason = v.run(&buses.0, &buses.1, &stop);
                 tracing::info!(vcpu = v.index, ?reason, "vCPU stopped");
                 exit.report(reason);
