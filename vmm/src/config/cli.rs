@@ -39,7 +39,8 @@ pub struct Cli {
     /// Turn the seccomp filters off (debugging only).
     #[arg(long)]
     pub no_seccomp: bool,
-    /// Hide CPU features KVM-PVM cannot emulate (auto: when the host lacks vmx/svm).
+    /// Keep the guest away from instructions KVM-PVM cannot emulate: mask them in CPUID and append
+    /// `noxsave clearcpuid=cx16,popcnt,rdrand,rdseed,smap` (auto: when the host lacks vmx/svm).
     #[arg(long, value_enum)]
     pub cpu_compat: Option<CpuCompat>,
     /// Print the effective configuration as JSON and exit without creating a VM.

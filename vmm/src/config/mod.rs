@@ -68,7 +68,8 @@ fn default_fs_queues() -> u16 {
     1
 }
 
-/// Whether guest CPUID hides the features KVM-PVM cannot emulate.
+/// Whether the guest is kept away from features KVM-PVM cannot emulate (CPUID masks + kernel
+/// parameters, see `boot::cmdline::PVM_COMPAT_ARGS`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum CpuCompat {

@@ -352,4 +352,85 @@ mod tests {
             "%bl = low byte of start info"
         );
     }
+
+    /// What the guest itself sees from CPUID leaf 1 after our normalisation (APIC id and the
+    /// hypervisor / XSAVE bits), read by guest code and reported through port I/O.
+    #[test]
+    fn guest_cpuid_reflects_normalisation_on_real_kvm() {
+        use std::sync::{Arc, Mutex};
+        use vm_memory::{Bytes, GuestAddress};
+
+        struct Port(Vec<u8>);
+        impl crate::devices::BusDevice for Port {
+            fn read(&mut self, _: u64, d: &mut [u8]) {
+                d.fill(0)
+            }
+            fn write(&mut self, _: u64, d: &[u8]) {
+                self.0.extend_from_slice(d)
+            }
+        }
+        let vm = Vm::new(1).unwrap();
+        let mem = crate::memory::create(64 << 20).unwrap();
+        vm.set_memory(&mem).unwrap();
+        for (i, e) in gdt::GDT.iter().enumerate() {
+            mem.write_obj(*e, GuestAddress(GDT_START + 8 * i as u64))
+                .unwrap();
+        }
+        #[rustfmt::skip]
+        let code = [
+            0xb8, 1, 0, 0, 0,   // mov eax, 1
+            0x31, 0xc9,         // xor ecx, ecx
+            0x0f, 0xa2,         // cpuid
+            0x89, 0xd8,         // mov eax, ebx
+            0xc1, 0xe8, 24,     // shr eax, 24
+            0xe6, 0x99,         // out 0x99, al   (initial APIC id)
+            0x89, 0xc8,         // mov eax, ecx
+            0xc1, 0xe8, 24,     // shr eax, 24
+            0xe6, 0x99,         // out 0x99, al   (ECX[31:24])
+            0x0f, 0x0b,         // ud2 -> triple fault
+        ];
+        let entry = GuestAddress(0x100_0000);
+        mem.write_slice(&code, entry).unwrap();
+        let boot = BootInfo {
+            entry,
+            start_info: GuestAddress(0x6000),
+            kernel_end: 0x100_1000,
+            initrd: None,
+        };
+        let mut vcpu = Vcpu::new(&vm, 0).unwrap();
+        let supported = vm.supported_cpuid().unwrap();
+        vcpu.configure(&supported, 1, true, Some(&boot)).unwrap();
+        // Pretend to be vCPU 5 of 8 to see a non-zero APIC id.
+        let mut entries = supported.as_slice().to_vec();
+        cpuid::normalize(
+            &mut entries,
+            cpuid::Topology {
+                cpu_index: 5,
+                vcpus: 8,
+            },
+            true,
+        );
+        vcpu.fd
+            .set_cpuid2(&CpuId::from_entries(&entries).unwrap())
+            .unwrap();
+        let port = Arc::new(Mutex::new(Port(vec![])));
+        let mut pio = Bus::new();
+        pio.insert(port.clone(), 0x99, 1).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        assert_eq!(vcpu.run(&pio, &Bus::new(), &stop), VcpuExitReason::Reset);
+        let seen = port.lock().unwrap().0.clone();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0], 5, "guest sees the APIC id we set");
+        assert_ne!(seen[1] & 0x80, 0, "hypervisor bit");
+        eprintln!(
+            "guest CPUID.1: APIC id {}, ECX[31:24] {:#04x} (XSAVE bit {})",
+            seen[0],
+            seen[1],
+            if seen[1] & 0x04 != 0 {
+                "visible"
+            } else {
+                "hidden"
+            }
+        );
+    }
 }
