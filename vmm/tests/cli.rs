@@ -3,7 +3,6 @@
 //! boot our guest kernel on /dev/kvm (root needed).
 
 use std::{
-    os::unix::process::ExitStatusExt,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
