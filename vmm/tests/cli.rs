@@ -126,12 +126,57 @@ fn print_config_merges_json_and_flags() {
     assert_eq!(v["seccomp"], true);
 }
 
+fn vhost_vsock_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("MYVM_VHOST_VSOCK") {
+        return PathBuf::from(p);
+    }
+    std::fs::read_to_string(repo().join("build/tools.env"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("MYVM_VHOST_VSOCK=").map(PathBuf::from))
+        })
+        .unwrap_or_else(|| {
+            "/var/cache/myvm/tools/vhost-device-vsock-0.3.0/bin/vhost-device-vsock".into()
+        })
+}
+
+/// Kills and reaps a helper process on drop.
+struct Reap(std::process::Child);
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// With a vhost-user vsock device attached and seccomp on (the default), so the teardown of the
+/// daemon connection after SIGTERM runs under the VMM thread's filter.
 #[test]
 fn sigterm_stops_the_vm_with_status_143() {
     let d = TmpDir::new("term");
     let serial = d.0.join("serial.log");
+    let vhost = d.0.join("vsock.vhost.sock");
+    let _daemon = Reap(
+        Command::new(vhost_vsock_binary())
+            .args(["--guest-cid", "3", "--socket"])
+            .arg(&vhost)
+            .arg("--uds-path")
+            .arg(d.0.join("vsock.sock"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let end = Instant::now() + Duration::from_secs(10);
+    while !vhost.exists() {
+        assert!(Instant::now() < end, "vhost-device-vsock socket missing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut child = Command::new(VMM)
         .args(image_args(&serial))
+        .arg("--vsock-socket")
+        .arg(&vhost)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -284,3 +284,54 @@ fn fs_config_layout() {
     let long = fs_config(&"x".repeat(36), 1);
     assert_eq!(&long[..36], "x".repeat(36).as_bytes());
 }
+
+/// Child half of `activation_and_reset_work_under_the_vcpu_seccomp_filter`: connects (as the VMM
+/// does before filters are installed), then drives activation and reset from a thread running
+/// under the vCPU filter, exactly where a guest's DRIVER_OK / reset writes are handled.
+#[test]
+fn child_activation_under_vcpu_filter() {
+    let Some(sock) = std::env::var_os("MYVM_SECCOMP_VHOST_SOCK") else {
+        return; // only meaningful as the child of the test below
+    };
+    let mem = crate::memory::create(64 << 20).unwrap();
+    let irq = IrqLine::new().unwrap();
+    let dev =
+        VhostUserDevice::connect(Kind::Vsock, Path::new(&sock), mem.clone(), irq.clone()).unwrap();
+    let mut t = MmioTransport::new(Box::new(dev), mem, irq).unwrap();
+    let filters = crate::seccomp::Filters::build().unwrap();
+    std::thread::spawn(move || {
+        crate::seccomp::apply(&filters.vcpu).unwrap();
+        drive(&mut t, 3);
+        assert!(t.is_activated(), "status {:#x}", t.status());
+        wr(&mut t, reg::QUEUE_NOTIFY, 0);
+        wr(&mut t, reg::STATUS, 0);
+        assert!(!t.is_activated());
+        drop(t); // closes the vhost-user connection under the filter too
+    })
+    .join()
+    .unwrap();
+}
+
+#[test]
+fn activation_and_reset_work_under_the_vcpu_seccomp_filter() {
+    use std::os::unix::process::ExitStatusExt;
+    let d = start_vsock("seccomp");
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "devices::vhost_user::tests::child_activation_under_vcpu_filter",
+            "--test-threads=1",
+        ])
+        .env("MYVM_SECCOMP_VHOST_SOCK", d.dir.join("vhost.sock"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "child {:?} (signal {:?})\n{stdout}\n{}",
+        out.status,
+        out.status.signal(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("1 passed"), "{stdout}");
+}
