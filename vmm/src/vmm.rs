@@ -150,6 +150,7 @@ pub fn run(cfg: &VmmConfig) -> Result<Outcome, VmmError> {
         cfg.initrd.as_deref(),
         &cmdline,
         vcpus,
+        cfg.boot_protocol,
     )?;
 
     let exit = Arc::new(ExitSignal::new().map_err(|e| VmmError::Io("eventfd", e))?);

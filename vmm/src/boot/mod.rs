@@ -5,6 +5,7 @@ pub mod cmdline;
 pub mod cpuid;
 pub mod gdt;
 pub mod layout;
+pub mod linux;
 pub mod mptable;
 pub mod pvh;
 
@@ -38,14 +39,26 @@ pub enum BootError {
     Pvh(#[from] pvh::PvhError),
     #[error(transparent)]
     Mptable(#[from] mptable::MptableError),
+    #[error(transparent)]
+    Linux(#[from] linux::LinuxBootError),
+}
+
+/// The protocol the kernel is started with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// 32-bit protected mode at the PVH entry, %ebx = `hvm_start_info`.
+    Pvh,
+    /// 64-bit long mode at the ELF entry, %rsi = zero page.
+    Linux,
 }
 
 /// What the boot vCPU needs to start the kernel.
 #[derive(Debug, Clone, Copy)]
 pub struct BootInfo {
-    /// 32-bit PVH entry point.
+    pub protocol: Protocol,
+    /// Entry point (PVH entry, or the ELF entry for the Linux protocol).
     pub entry: GuestAddress,
-    /// Guest physical address of `hvm_start_info` (passed in %ebx).
+    /// Guest physical address of `hvm_start_info` (PVH, %ebx) or the zero page (Linux, %rsi).
     pub start_info: GuestAddress,
     pub kernel_end: u64,
     pub initrd: Option<(GuestAddress, u64)>,
@@ -66,14 +79,17 @@ pub fn load<M: GuestMemoryBackend>(
     initrd: Option<&Path>,
     cmdline: &str,
     vcpus: u8,
+    wanted: crate::config::BootProtocol,
 ) -> Result<BootInfo, BootError> {
+    use crate::config::BootProtocol as Want;
     let kname = kernel.display().to_string();
     let mut kf = File::open(kernel).map_err(|e| BootError::Open(kname.clone(), e))?;
     let res = Elf::load(mem, None, &mut kf, Some(GuestAddress(HIMEM_START)))
         .map_err(|e| BootError::Kernel(kname.clone(), e))?;
-    let entry = match res.pvh_boot_cap {
-        PvhBootCapability::PvhEntryPresent(a) => a,
-        other => return Err(BootError::NoPvh(kname, other)),
+    let (protocol, entry) = match (wanted, res.pvh_boot_cap) {
+        (Want::Auto | Want::Pvh, PvhBootCapability::PvhEntryPresent(a)) => (Protocol::Pvh, a),
+        (Want::Pvh, other) => return Err(BootError::NoPvh(kname, other)),
+        (Want::Auto | Want::Linux, _) => (Protocol::Linux, res.kernel_load),
     };
     tracing::debug!(entry = %format!("{:#x}", entry.0), kernel_end = %format!("{:#x}", res.kernel_end), "kernel loaded");
 
@@ -100,14 +116,25 @@ pub fn load<M: GuestMemoryBackend>(
     cl.push(0);
     mem.write_slice(&cl, GuestAddress(CMDLINE_START))?;
 
-    for (i, e) in gdt::GDT.iter().enumerate() {
-        mem.write_obj(*e, GuestAddress(GDT_START + 8 * i as u64))?;
-    }
     mptable::setup(mem, vcpus)?;
-    pvh::write(mem, mem_size, initrd)?;
+    let start_info = match protocol {
+        Protocol::Pvh => {
+            for (i, e) in gdt::GDT.iter().enumerate() {
+                mem.write_obj(*e, GuestAddress(GDT_START + 8 * i as u64))?;
+            }
+            pvh::write(mem, mem_size, initrd)?;
+            GuestAddress(layout::PVH_INFO_START)
+        }
+        Protocol::Linux => {
+            linux::write(mem, mem_size, cmdline.len(), initrd)?;
+            GuestAddress(linux::ZERO_PAGE_START)
+        }
+    };
+    tracing::info!(?protocol, entry = %format!("{:#x}", entry.0), "kernel loaded");
     Ok(BootInfo {
+        protocol,
         entry,
-        start_info: GuestAddress(layout::PVH_INFO_START),
+        start_info,
         kernel_end: res.kernel_end,
         initrd,
     })
@@ -141,7 +168,17 @@ mod tests {
         let mem =
             vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)])
                 .unwrap();
-        let info = load(&mem, size, &kernel, Some(&initrd), "console=ttyS0", 2).unwrap();
+        let info = load(
+            &mem,
+            size,
+            &kernel,
+            Some(&initrd),
+            "console=ttyS0",
+            2,
+            crate::config::BootProtocol::Auto,
+        )
+        .unwrap();
+        assert_eq!(info.protocol, Protocol::Pvh, "our kernel has a PVH note");
         assert!(info.entry.0 > HIMEM_START && info.entry.0 < info.kernel_end);
         let (ia, is) = info.initrd.unwrap();
         assert_eq!(is, std::fs::metadata(&initrd).unwrap().len());
@@ -153,5 +190,87 @@ mod tests {
         mem.read_slice(&mut cl, GuestAddress(CMDLINE_START))
             .unwrap();
         assert_eq!(&cl, b"console=ttyS0\0");
+    }
+
+    #[test]
+    fn linux_protocol_on_request_uses_the_elf_entry_and_zero_page() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let kernel = root.join("build/vmlinux");
+        let size = 128u64 << 20;
+        let mem =
+            vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)])
+                .unwrap();
+        let info = load(
+            &mem,
+            size,
+            &kernel,
+            None,
+            "console=ttyS0",
+            1,
+            crate::config::BootProtocol::Linux,
+        )
+        .unwrap();
+        assert_eq!(info.protocol, Protocol::Linux);
+        assert_eq!(info.entry.0, 0x100_0000, "ELF e_entry of our vmlinux");
+        assert_eq!(info.start_info.0, linux::ZERO_PAGE_START);
+        let zp: linux_loader::loader::bootparam::boot_params =
+            mem.read_obj(GuestAddress(linux::ZERO_PAGE_START)).unwrap();
+        assert_eq!({ zp.hdr.cmdline_size }, 13);
+        assert_eq!(zp.e820_entries, 3);
+    }
+
+    #[test]
+    fn pvh_required_but_missing_is_an_error() {
+        // A minimal ELF without notes: the test ELF shipped with linux-loader is not at hand, so
+        // build one: 64-bit header + one PT_LOAD of 16 bytes.
+        let dir = std::env::temp_dir().join(format!("myvm-vmm-elf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tiny.elf");
+        let mut elf = vec![0u8; 64 + 56 + 16];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 2; // 64-bit
+        elf[5] = 1; // little endian
+        elf[6] = 1;
+        elf[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        elf[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
+        elf[20..24].copy_from_slice(&1u32.to_le_bytes());
+        elf[24..32].copy_from_slice(&0x20_0000u64.to_le_bytes()); // entry
+        elf[32..40].copy_from_slice(&64u64.to_le_bytes()); // phoff
+        elf[52..54].copy_from_slice(&64u16.to_le_bytes()); // ehsize
+        elf[54..56].copy_from_slice(&56u16.to_le_bytes()); // phentsize
+        elf[56..58].copy_from_slice(&1u16.to_le_bytes()); // phnum
+        let ph = 64;
+        elf[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+        elf[ph + 8..ph + 16].copy_from_slice(&120u64.to_le_bytes()); // offset
+        elf[ph + 24..ph + 32].copy_from_slice(&0x20_0000u64.to_le_bytes()); // paddr
+        elf[ph + 32..ph + 40].copy_from_slice(&16u64.to_le_bytes()); // filesz
+        elf[ph + 40..ph + 48].copy_from_slice(&16u64.to_le_bytes()); // memsz
+        std::fs::write(&path, &elf).unwrap();
+        let size = 64u64 << 20;
+        let mem =
+            vm_memory::GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), size as usize)])
+                .unwrap();
+        let r = load(
+            &mem,
+            size,
+            &path,
+            None,
+            "",
+            1,
+            crate::config::BootProtocol::Pvh,
+        );
+        let auto = load(
+            &mem,
+            size,
+            &path,
+            None,
+            "",
+            1,
+            crate::config::BootProtocol::Auto,
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(matches!(r, Err(BootError::NoPvh(..))), "{r:?}");
+        let auto = auto.unwrap();
+        assert_eq!((auto.protocol, auto.entry.0), (Protocol::Linux, 0x20_0000));
     }
 }

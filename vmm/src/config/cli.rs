@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::{parse_fs_arg, ConfigError, CpuCompat, FsConfig, VmmConfig};
+use super::{parse_fs_arg, BootProtocol, ConfigError, CpuCompat, FsConfig, VmmConfig};
 
 /// myvm's own KVM microVM monitor: boots a PVH `vmlinux` + initramfs with a serial console and
 /// vhost-user virtio devices (vsock, virtio-fs) on virtio-mmio.
@@ -43,6 +43,9 @@ pub struct Cli {
     /// `noxsave clearcpuid=cx16,popcnt,rdrand,rdseed,smap` (auto: when the host lacks vmx/svm).
     #[arg(long, value_enum)]
     pub cpu_compat: Option<CpuCompat>,
+    /// Boot protocol (auto: PVH when the kernel has a PVH note, else the Linux 64-bit protocol).
+    #[arg(long, value_enum)]
+    pub boot_protocol: Option<BootProtocol>,
     /// Print the effective configuration as JSON and exit without creating a VM.
     #[arg(long)]
     pub print_config: bool,
@@ -88,6 +91,9 @@ impl Cli {
         }
         if let Some(c) = self.cpu_compat {
             cfg.cpu_compat = c;
+        }
+        if let Some(b) = self.boot_protocol {
+            cfg.boot_protocol = b;
         }
         cfg.validate()?;
         Ok(cfg)

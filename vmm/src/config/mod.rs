@@ -82,6 +82,19 @@ pub enum CpuCompat {
     Off,
 }
 
+/// Which x86 boot protocol starts the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BootProtocol {
+    /// PVH when the ELF has a PVH note, the Linux 64-bit boot protocol otherwise.
+    #[default]
+    Auto,
+    /// PVH (`hvm_start_info`, 32-bit entry); fails for kernels without the note.
+    Pvh,
+    /// Linux 64-bit boot protocol (zero page, e820, long-mode entry at the ELF entry point).
+    Linux,
+}
+
 /// Complete VMM configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -109,6 +122,8 @@ pub struct VmmConfig {
     pub seccomp: bool,
     #[serde(default)]
     pub cpu_compat: CpuCompat,
+    #[serde(default)]
+    pub boot_protocol: BootProtocol,
 }
 
 fn default_vcpus() -> u32 {
@@ -135,6 +150,7 @@ impl VmmConfig {
             fs: Vec::new(),
             seccomp: true,
             cpu_compat: CpuCompat::Auto,
+            boot_protocol: BootProtocol::Auto,
         }
     }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use kvm_bindings::{kvm_fpu, kvm_msr_entry, kvm_regs, CpuId, Msrs};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 
-use crate::boot::{cpuid, gdt, layout::GDT_START, BootInfo};
+use crate::boot::{cpuid, gdt, layout::GDT_START, linux, BootInfo, Protocol};
 use crate::devices::Bus;
 
 use super::vm::Vm;
@@ -150,15 +150,21 @@ impl Vcpu {
                 ..Default::default()
             };
             self.fd.set_fpu(&fpu).map_err(err("KVM_SET_FPU"))?;
-            let regs = kvm_regs {
-                rflags: 0x2,
-                rip: boot.entry.0,
-                rbx: boot.start_info.0,
-                ..Default::default()
+            let regs = match boot.protocol {
+                Protocol::Pvh => kvm_regs {
+                    rflags: 0x2,
+                    rip: boot.entry.0,
+                    rbx: boot.start_info.0,
+                    ..Default::default()
+                },
+                Protocol::Linux => linux::regs(boot.entry),
             };
             self.fd.set_regs(&regs).map_err(err("KVM_SET_REGS"))?;
             let mut sregs = self.fd.get_sregs().map_err(err("KVM_GET_SREGS"))?;
-            pvh_sregs(&mut sregs);
+            match boot.protocol {
+                Protocol::Pvh => pvh_sregs(&mut sregs),
+                Protocol::Linux => linux::sregs(&mut sregs),
+            }
             self.fd.set_sregs(&sregs).map_err(err("KVM_SET_SREGS"))?;
         }
         Ok(())
@@ -328,6 +334,7 @@ mod tests {
         let entry = GuestAddress(0x100_0000);
         mem.write_slice(&code, entry).unwrap();
         let boot = BootInfo {
+            protocol: Protocol::Pvh,
             entry,
             start_info: GuestAddress(0x6042),
             kernel_end: 0x100_1000,
@@ -392,6 +399,7 @@ mod tests {
         let entry = GuestAddress(0x100_0000);
         mem.write_slice(&code, entry).unwrap();
         let boot = BootInfo {
+            protocol: Protocol::Pvh,
             entry,
             start_info: GuestAddress(0x6000),
             kernel_end: 0x100_1000,
@@ -432,5 +440,54 @@ mod tests {
                 "hidden"
             }
         );
+    }
+
+    /// The Linux-protocol state runs 64-bit code on the real KVM: %rsi = zero page, reported
+    /// through port I/O, then a triple fault through the empty IDT.
+    #[test]
+    fn long_mode_register_state_runs_on_real_kvm() {
+        use std::sync::{Arc, Mutex};
+        use vm_memory::{Bytes, GuestAddress};
+
+        struct Port(Vec<u8>);
+        impl crate::devices::BusDevice for Port {
+            fn read(&mut self, _: u64, d: &mut [u8]) {
+                d.fill(0)
+            }
+            fn write(&mut self, _: u64, d: &[u8]) {
+                self.0.extend_from_slice(d)
+            }
+        }
+        let vm = Vm::new(1).unwrap();
+        let mem = crate::memory::create(64 << 20).unwrap();
+        vm.set_memory(&mem).unwrap();
+        linux::write(&mem, 64 << 20, 0, None).unwrap();
+        #[rustfmt::skip]
+        let code = [
+            0x48, 0x89, 0xf0,   // mov rax, rsi
+            0x48, 0xc1, 0xe8, 8, // shr rax, 8
+            0xe6, 0x99,         // out 0x99, al   (0x70 for the zero page at 0x7000)
+            0x48, 0x89, 0xe0,   // mov rax, rsp
+            0xe6, 0x99,         // out 0x99, al   (0xf0)
+            0x0f, 0x0b,         // ud2 -> triple fault
+        ];
+        let entry = GuestAddress(0x100_0000);
+        mem.write_slice(&code, entry).unwrap();
+        let boot = BootInfo {
+            protocol: Protocol::Linux,
+            entry,
+            start_info: GuestAddress(linux::ZERO_PAGE_START),
+            kernel_end: 0x100_1000,
+            initrd: None,
+        };
+        let mut vcpu = Vcpu::new(&vm, 0).unwrap();
+        vcpu.configure(&vm.supported_cpuid().unwrap(), 1, true, Some(&boot))
+            .unwrap();
+        let port = Arc::new(Mutex::new(Port(vec![])));
+        let mut pio = Bus::new();
+        pio.insert(port.clone(), 0x99, 1).unwrap();
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        assert_eq!(vcpu.run(&pio, &Bus::new(), &stop), VcpuExitReason::Reset);
+        assert_eq!(port.lock().unwrap().0, vec![0x70, 0xf0]);
     }
 }
