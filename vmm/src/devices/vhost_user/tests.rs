@@ -135,7 +135,7 @@ fn drive(t: &mut MmioTransport, queues: usize) -> u64 {
 }
 
 #[test]
-fn vsock_negotiation_and_rx_packet_with_real_vhost_device_vsock() {
+fn vsock_negotiation_and_data_both_ways_with_real_vhost_device_vsock() {
     let d = start_vsock("vsock");
     let mem = crate::memory::create(64 << 20).unwrap();
     let irq = IrqLine::new().unwrap();
@@ -212,6 +212,63 @@ fn vsock_negotiation_and_rx_packet_with_real_vhost_device_vsock() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(rd(&mut t, reg::INTERRUPT_STATUS) & 1, 1);
+
+    // The "guest" accepts: a VSOCK_OP_RESPONSE on the TX queue (1), read by the daemon from our
+    // memory after our kick; the host application then gets "OK <port>".
+    let host_port: u32 = mem.read_obj(GuestAddress(buf + 16)).unwrap();
+    let pkt = 0x90_0000u64;
+    mem.write_obj(3u64, GuestAddress(pkt)).unwrap(); // src_cid
+    mem.write_obj(2u64, GuestAddress(pkt + 8)).unwrap(); // dst_cid
+    mem.write_obj(1234u32, GuestAddress(pkt + 16)).unwrap(); // src_port
+    mem.write_obj(host_port, GuestAddress(pkt + 20)).unwrap(); // dst_port
+    mem.write_obj(0u32, GuestAddress(pkt + 24)).unwrap(); // len
+    mem.write_obj(1u16, GuestAddress(pkt + 28)).unwrap(); // type: stream
+    mem.write_obj(2u16, GuestAddress(pkt + 30)).unwrap(); // op: response
+    mem.write_obj(0u32, GuestAddress(pkt + 32)).unwrap(); // flags
+    mem.write_obj(65536u32, GuestAddress(pkt + 36)).unwrap(); // buf_alloc
+    mem.write_obj(0u32, GuestAddress(pkt + 40)).unwrap(); // fwd_cnt
+    let (tdesc, tavail) = (qbase(1), qbase(1) + 0x1000);
+    mem.write_obj(pkt, GuestAddress(tdesc)).unwrap();
+    mem.write_obj(44u32, GuestAddress(tdesc + 8)).unwrap();
+    mem.write_obj(0u16, GuestAddress(tdesc + 12)).unwrap(); // device-readable
+    mem.write_obj(0u16, GuestAddress(tavail + 4)).unwrap();
+    mem.write_obj(1u16, GuestAddress(tavail + 2)).unwrap();
+    wr(&mut t, reg::QUEUE_NOTIFY, 1);
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reply = [0u8; 32];
+    let n = std::io::Read::read(&mut s, &mut reply).expect("host side gets the daemon's reply");
+    let reply = String::from_utf8_lossy(&reply[..n]).to_string();
+    assert!(reply.starts_with("OK "), "reply {reply:?}");
+    // The daemon answers the host before it returns the TX descriptor: wait for it.
+    let end = Instant::now() + Duration::from_secs(10);
+    while mem
+        .read_obj::<u16>(GuestAddress(qbase(1) + 0x2000 + 2))
+        .unwrap()
+        != 1
+    {
+        assert!(Instant::now() < end, "TX descriptor never returned");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    // Host -> guest data: an OP_RW packet with the payload lands in the next RX buffer.
+    s.write_all(b"hello guest").unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    let payload = loop {
+        let idx: u16 = mem.read_obj(GuestAddress(used + 2)).unwrap();
+        if idx >= 2 {
+            let id: u32 = mem.read_obj(GuestAddress(used + 4 + 8)).unwrap();
+            let b = 0x80_0000 + u64::from(id) * 0x1000;
+            let op: u16 = mem.read_obj(GuestAddress(b + 30)).unwrap();
+            let len: u32 = mem.read_obj(GuestAddress(b + 24)).unwrap();
+            assert_eq!(op, 5, "VSOCK_OP_RW");
+            let mut data = vec![0u8; len as usize];
+            mem.read_slice(&mut data, GuestAddress(b + 44)).unwrap();
+            break data;
+        }
+        assert!(Instant::now() < end, "no data packet in the RX used ring");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert_eq!(payload, b"hello guest");
 
     // Driver reset stops the rings in the daemon (GET_VRING_BASE) and the device can be
     // negotiated again on the same connection.
