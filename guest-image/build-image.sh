@@ -17,7 +17,9 @@ echo "build-image: building the static agent" >&2
 ( cd "$root" && RUSTFLAGS="-C target-feature=+crt-static" LIBSECCOMP_LINK_TYPE=static \
       LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu cargo build --quiet --release --locked \
       --target "$target" -p myvm-agent )
-agent="$root/target/$target/release/myvm-agent"
+agent_unstripped="$root/target/$target/release/myvm-agent"
+agent="$root/target/$target/release/myvm-agent.stripped"
+strip --strip-all -o "$agent" "$agent_unstripped"
 if ldd "$agent" >/dev/null 2>&1 && ! ldd "$agent" 2>&1 | grep -q "statically linked"; then
     echo "build-image: $agent is not statically linked" >&2
     exit 1

@@ -91,6 +91,7 @@ const MOUNTS: &[Mount] = &[
 const CGROUP_CONTROLLERS: &[&str] = &["cpu", "cpuset", "io", "memory", "pids"];
 
 pub fn setup() -> Result<()> {
+    switch_root_to_tmpfs().context("moving / off the initramfs")?;
     for mnt in MOUNTS {
         fs::create_dir_all(mnt.target).with_context(|| format!("mkdir {}", mnt.target))?;
         mount(
@@ -119,6 +120,72 @@ pub fn setup() -> Result<()> {
     nix::unistd::sethostname("myvm").context("sethostname")?;
     std::env::set_var("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
     Ok(())
+}
+
+/// The initramfs is the kernel's `rootfs` mount, which has no parent: `pivot_root` (used to enter
+/// every container) refuses to run while the root is on it. Like `switch_root`, copy the few files
+/// of the initramfs into a tmpfs, move that over `/`, chroot into it, and drop the originals.
+fn switch_root_to_tmpfs() -> Result<()> {
+    const NEW: &str = "/.newroot";
+    fs::create_dir_all(NEW)?;
+    mount(
+        Some("tmpfs"),
+        NEW,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("mode=0755"),
+    )
+    .context("mount tmpfs for the new root")?;
+    for entry in fs::read_dir("/")? {
+        let path = entry?.path();
+        if path != Path::new(NEW) {
+            copy_tree(&path, &Path::new(NEW).join(path.strip_prefix("/")?))
+                .with_context(|| format!("copy {}", path.display()))?;
+            let _ = remove_tree(&path);
+        }
+    }
+    nix::unistd::chdir(NEW)?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .context("move the new root onto /")?;
+    nix::unistd::chroot(".").context("chroot")?;
+    nix::unistd::chdir("/")?;
+    Ok(())
+}
+
+fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    let meta = fs::symlink_metadata(src)?;
+    let ft = meta.file_type();
+    if ft.is_dir() {
+        fs::create_dir(dst)?;
+        for entry in fs::read_dir(src)? {
+            let entry = entry?;
+            copy_tree(&entry.path(), &dst.join(entry.file_name()))?;
+        }
+    } else if ft.is_symlink() {
+        std::os::unix::fs::symlink(fs::read_link(src)?, dst)?;
+        return Ok(());
+    } else if ft.is_char_device() || ft.is_block_device() {
+        let kind = if ft.is_char_device() {
+            nix::sys::stat::SFlag::S_IFCHR
+        } else {
+            nix::sys::stat::SFlag::S_IFBLK
+        };
+        let mode = nix::sys::stat::Mode::from_bits_truncate(meta.mode());
+        nix::sys::stat::mknod(dst, kind, mode, meta.rdev())?;
+    } else {
+        fs::copy(src, dst)?;
+    }
+    fs::set_permissions(dst, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+    Ok(())
+}
+
+fn remove_tree(path: &Path) -> std::io::Result<()> {
+    if fs::symlink_metadata(path)?.is_dir() {
+        fs::remove_dir_all(path)
+    } else {
+        fs::remove_file(path)
+    }
 }
 
 fn enable_cgroup_controllers() {

@@ -51,6 +51,7 @@ pub fn serve(
     let mut server = ttrpc::Server::new()
         .bind(listen)?
         .register_service(services)
+        .set_thread_count_default(8)
         .set_thread_count_min(4)
         .set_thread_count_max(64);
     server.start()?;

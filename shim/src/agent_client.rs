@@ -1,12 +1,13 @@
 //! Host-side client of the in-guest agent: ttrpc over hybrid vsock, every call with a timeout.
 
 use std::{
-    os::fd::IntoRawFd,
+    io::{Read, Write},
+    os::{fd::IntoRawFd, unix::net::UnixStream},
     path::Path,
     time::{Duration, Instant},
 };
 
-use myvm_protocol::{agent, agent_ttrpc, AGENT_VSOCK_PORT};
+use myvm_protocol::{agent, agent_ttrpc, AGENT_VSOCK_PORT, STDIO_VSOCK_PORT};
 
 use crate::hybrid_vsock::{self, HybridVsockError};
 
@@ -15,6 +16,13 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    #[error("attaching {stream} of {container}/{exec}: {reason}")]
+    Stdio {
+        container: String,
+        exec: String,
+        stream: &'static str,
+        reason: String,
+    },
     #[error(transparent)]
     Vsock(#[from] HybridVsockError),
     #[error("agent call {call}: {source}")]
@@ -118,6 +126,27 @@ impl AgentClient {
             })
     }
 
+    /// Any agent call, with this client's timeout: `agent.call("StartContainer", |c, ctx|
+    /// c.start_container(ctx, &req))`.
+    pub fn call<T>(
+        &self,
+        name: &'static str,
+        f: impl FnOnce(&agent_ttrpc::AgentClient, ttrpc::context::Context) -> ttrpc::Result<T>,
+    ) -> Result<T, AgentError> {
+        f(&self.inner, self.ctx()).map_err(|source| AgentError::Call { call: name, source })
+    }
+
+    /// Like [`call`](Self::call) with an explicit timeout (long polls).
+    pub fn call_with_timeout<T>(
+        &self,
+        name: &'static str,
+        timeout: Duration,
+        f: impl FnOnce(&agent_ttrpc::AgentClient, ttrpc::context::Context) -> ttrpc::Result<T>,
+    ) -> Result<T, AgentError> {
+        let ctx = ttrpc::context::with_timeout(timeout.as_nanos() as i64);
+        f(&self.inner, ctx).map_err(|source| AgentError::Call { call: name, source })
+    }
+
     pub fn shutdown(&self) -> Result<(), AgentError> {
         self.inner
             .shutdown(self.ctx(), &agent::ShutdownRequest::new())
@@ -127,4 +156,63 @@ impl AgentClient {
                 source,
             })
     }
+}
+
+/// One stdio stream of a process in the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StdioStream {
+    Stdin,
+    Stdout,
+    Stderr,
+}
+
+impl StdioStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StdioStream::Stdin => "stdin",
+            StdioStream::Stdout => "stdout",
+            StdioStream::Stderr => "stderr",
+        }
+    }
+}
+
+/// Opens a stdio stream of process (`container`, `exec`; "" = init) through the hybrid vsock
+/// socket `uds` (see the stdio protocol in agent.proto). For stdin, write and then
+/// `shutdown(Write)` for EOF; for output, read to EOF.
+pub fn open_stdio(
+    uds: &Path,
+    container: &str,
+    exec: &str,
+    stream: StdioStream,
+    timeout: Duration,
+) -> Result<UnixStream, AgentError> {
+    let err = |reason: String| AgentError::Stdio {
+        container: container.to_string(),
+        exec: exec.to_string(),
+        stream: stream.as_str(),
+        reason,
+    };
+    let mut conn = hybrid_vsock::connect(uds, STDIO_VSOCK_PORT, timeout)?;
+    let exec_word = if exec.is_empty() { "-" } else { exec };
+    conn.set_read_timeout(Some(timeout))
+        .map_err(|e| err(e.to_string()))?;
+    conn.write_all(format!("STDIO {container} {exec_word} {}\n", stream.as_str()).as_bytes())
+        .map_err(|e| err(e.to_string()))?;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < 1024 {
+        match conn.read(&mut byte) {
+            Ok(0) => return Err(err("the agent closed the stream".into())),
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) => line.push(byte[0]),
+            Err(e) => return Err(err(e.to_string())),
+        }
+    }
+    let line = String::from_utf8_lossy(&line);
+    if line != "OK" {
+        return Err(err(line.strip_prefix("ERR ").unwrap_or(&line).to_string()));
+    }
+    conn.set_read_timeout(None)
+        .map_err(|e| err(e.to_string()))?;
+    Ok(conn)
 }

@@ -198,7 +198,9 @@ fn spawn_from_spawner(cmd: Command) -> io::Result<Child> {
         .unwrap_or_else(|e| e.into_inner())
         .send((cmd, reply_tx))
         .map_err(|_| io::Error::other("spawner thread is gone"))?;
-    reply_rx.recv().map_err(|_| io::Error::other("spawner thread is gone"))?
+    reply_rx
+        .recv()
+        .map_err(|_| io::Error::other("spawner thread is gone"))?
 }
 
 /// The last `max_lines` lines of a (log) file, for error messages.
@@ -255,7 +257,10 @@ mod tests {
         std::thread::sleep(Duration::from_millis(200));
         let mut p = p;
         let status = p.try_wait().unwrap();
-        assert!(status.is_none(), "pdeathsig must not fire when a worker thread exits: {status:?}");
+        assert!(
+            status.is_none(),
+            "pdeathsig must not fire when a worker thread exits: {status:?}"
+        );
     }
 
     #[test]

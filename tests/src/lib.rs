@@ -86,3 +86,47 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+pub mod guest;
+
+/// Creates a minimal busybox root filesystem in `dir` (static busybox + applet links, passwd,
+/// group), like a tiny image's unpacked rootfs.
+pub fn busybox_rootfs(dir: &Path) {
+    use std::os::unix::fs::symlink;
+    for d in [
+        "bin",
+        "sbin",
+        "etc",
+        "tmp",
+        "proc",
+        "sys",
+        "dev",
+        "root",
+        "home/user",
+        "var",
+        "data",
+    ] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", dir.join("bin/busybox")).expect("busybox-static");
+    let out = std::process::Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .unwrap();
+    for applet in String::from_utf8_lossy(&out.stdout).lines() {
+        if applet != "busybox" {
+            let _ = symlink("busybox", dir.join("bin").join(applet));
+        }
+    }
+    std::fs::write(
+        dir.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("etc/group"),
+        "root:x:0:\nwheel:x:10:user\nuser:x:1000:\nnogroup:x:65534:\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("etc/hostname"), "image\n").unwrap();
+}

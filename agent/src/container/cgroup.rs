@@ -171,14 +171,8 @@ pub fn resource_writes(r: &LinuxResources) -> Vec<(&'static str, String)> {
         }
     }
     if let Some(c) = r.cpu() {
-        if let Some(shares) = c.shares() {
-            // The runc/crun conversion of cgroup v1 shares [2, 262144] to v2 weight [1, 10000].
-            let weight = if shares == 0 {
-                100
-            } else {
-                1 + ((shares.clamp(2, 262_144) - 2) * 9999) / 262_142
-            };
-            w.push(("cpu.weight", weight.to_string()));
+        if let Some(shares) = c.shares().filter(|s| *s > 0) {
+            w.push(("cpu.weight", shares_to_weight(shares).to_string()));
         }
         if c.quota().is_some() || c.period().is_some() {
             let quota = c
@@ -212,6 +206,17 @@ pub fn resource_writes(r: &LinuxResources) -> Vec<(&'static str, String)> {
         w.push(("io.weight", format!("default {weight}")));
     }
     w
+}
+
+/// cgroup v1 cpu shares [2, 262144] to a v2 weight [1, 10000], as crun, runc 1.3 and libcgroups
+/// (used when the container is created) convert them: 1024 shares (the default) is weight 100.
+pub fn shares_to_weight(shares: u64) -> u64 {
+    if shares <= 2 {
+        return 1;
+    }
+    let l = (shares.min(262_144) as f64).log2();
+    let exponent = (l * l + 125.0 * l) / 612.0 - 7.0 / 34.0;
+    (10f64.powf(exponent).ceil() as u64).clamp(1, 10_000)
 }
 
 pub fn update(dir: &Path, r: &LinuxResources) -> Result<()> {
@@ -248,6 +253,14 @@ mod tests {
     }
 
     #[test]
+    fn shares_convert_like_libcgroups() {
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(1024), 100);
+        assert_eq!(shares_to_weight(262_144), 10_000);
+        assert_eq!(shares_to_weight(512), 59);
+    }
+
+    #[test]
     fn resources_to_files() {
         let r: LinuxResources = serde_json::from_str(
             r#"{"memory":{"limit":67108864,"swap":134217728},"cpu":{"shares":1024,"quota":50000,"period":100000,"cpus":"0"},
@@ -258,7 +271,7 @@ mod tests {
         let get = |f: &str| w.iter().find(|(k, _)| *k == f).map(|(_, v)| v.as_str());
         assert_eq!(get("memory.max"), Some("67108864"));
         assert_eq!(get("memory.swap.max"), Some("67108864"));
-        assert_eq!(get("cpu.weight"), Some("39"));
+        assert_eq!(get("cpu.weight"), Some("100"));
         assert_eq!(get("cpu.max"), Some("50000 100000"));
         assert_eq!(get("cpuset.cpus"), Some("0"));
         assert_eq!(get("pids.max"), Some("64"));

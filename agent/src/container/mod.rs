@@ -81,6 +81,8 @@ struct ContainerEntry {
 
 pub struct Manager {
     containers: Mutex<HashMap<String, ContainerEntry>>,
+    /// (`as_sibling(false)`: CLONE_PARENT is refused to PID 1; the container init is re-parented
+    /// to us anyway, as PID 1 or child subreaper.)
     /// Serialises process creation, so a container being created never inherits (even briefly)
     /// another one's pipe ends, which would delay that one's EOF.
     create_lock: Mutex<()>,
@@ -192,7 +194,7 @@ impl Manager {
             .as_init(&bundle)
             .with_systemd(false)
             .with_detach(true)
-            .as_sibling(true)
+            .as_sibling(false)
             .build()
             .map_err(ContainerError::runtime(format!("creating container {id}")));
         let container = match built {
@@ -339,7 +341,7 @@ impl Manager {
                 .as_tenant()
                 .with_process(Some(&process_file))
                 .with_detach(true)
-                .as_sibling(true)
+                .as_sibling(false)
                 .build()
                 .map_err(ContainerError::runtime(format!("exec in container {id}")))?;
             Ok((Pid::from_raw(pid.as_raw()), io_setup.finish(req)?))
