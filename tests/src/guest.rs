@@ -246,10 +246,11 @@ impl OutputReaders {
         (s(self.stdout), s(self.stderr))
     }
 
-    pub fn collect_bytes(self) -> Vec<u8> {
-        let out = self.stdout.join().unwrap().expect("read stdout");
-        let _ = self.stderr.join();
-        out
+    pub fn collect_raw(self) -> (Vec<u8>, Vec<u8>) {
+        (
+            self.stdout.join().unwrap().expect("read stdout"),
+            self.stderr.join().unwrap().expect("read stderr"),
+        )
     }
 }
 
