@@ -6,8 +6,8 @@
 //!   memfd mappings), a few seconds after the first KVM_RUN.
 //!
 //! Run: `cargo run --release -p myvm-vmm --example bench [-- --runs N]` (root, /dev/kvm, strace,
-//! qemu-system-x86_64, `make image`). Builds nothing itself: expects `target/release/myvm-vmm`
-//! (or MYVM_VMM_BIN).
+//! qemu-system-x86_64, `make image`). Builds nothing itself: uses the `myvm-vmm` next to this
+//! example in the same target dir (or MYVM_VMM_BIN).
 
 use std::{
     path::{Path, PathBuf},
@@ -178,7 +178,24 @@ fn main() {
     let initrd = repo().join("build/initramfs.cpio");
     let vmm_bin = std::env::var("MYVM_VMM_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| repo().join("target/release/myvm-vmm"));
+        .ok()
+        .or_else(|| {
+            // Next to this example (same target dir), then the default target dir.
+            let own = std::env::current_exe()
+                .ok()?
+                .parent()?
+                .parent()?
+                .join("myvm-vmm");
+            own.exists().then_some(own)
+        })
+        .unwrap_or_else(|| repo().join("target/release/myvm-vmm"));
+    if !vmm_bin.exists() {
+        eprintln!(
+            "{} missing: cargo build --release -p myvm-vmm --bins --example bench",
+            vmm_bin.display()
+        );
+        std::process::exit(1);
+    }
     let hw = std::fs::read_to_string("/proc/cpuinfo")
         .map(|s| myvm_vmm::boot::cpuid::cpuinfo_has_hw_virt(&s))
         .unwrap_or(false);
