@@ -86,7 +86,7 @@ impl ExitSignal {
     pub fn new() -> std::io::Result<Self> {
         Ok(ExitSignal {
             reason: Mutex::new(None),
-            evt: EventFd::new(libc::EFD_NONBLOCK)?,
+            evt: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
         })
     }
     pub fn report(&self, r: VcpuExitReason) {
@@ -126,7 +126,8 @@ pub fn stop_signals() -> SigSet {
 pub fn run(cfg: &VmmConfig) -> Result<Outcome, VmmError> {
     let sigs = stop_signals();
     sigs.thread_block().map_err(VmmError::Signal)?;
-    let sigfd = SignalFd::new(&sigs).map_err(VmmError::Signal)?;
+    let sigfd = SignalFd::with_flags(&sigs, nix::sys::signalfd::SfdFlags::SFD_NONBLOCK)
+        .map_err(VmmError::Signal)?;
 
     let vcpus = cfg.vcpus as u8;
     let mem_size = u64::from(cfg.memory_mib) << 20;
@@ -235,34 +236,66 @@ pub fn run(cfg: &VmmConfig) -> Result<Outcome, VmmError> {
     }
     tracing::info!(vcpus, memory_mib = cfg.memory_mib, "VM running");
 
-    let outcome = wait(&sigfd, &exit)?;
+    let outcome = wait(&sigfd, &exit, &devices.watches)?;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     drop(devices);
     Ok(outcome)
 }
 
-fn wait(sigfd: &SignalFd, exit: &ExitSignal) -> Result<Outcome, VmmError> {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use std::os::fd::BorrowedFd;
+/// Waits for a vCPU/device exit report, a stop signal, or a vhost-user daemon hanging up (the
+/// device would stop working: the VM is ended with an error instead of hanging).
+fn wait(
+    sigfd: &SignalFd,
+    exit: &ExitSignal,
+    watches: &[crate::devices::vhost_user::BackendWatch],
+) -> Result<Outcome, VmmError> {
+    use std::os::fd::AsRawFd;
+    // libc::poll directly: nix's PollFlags drops revents it does not know (POLLRDHUP).
+    let mut fds = vec![
+        libc::pollfd {
+            fd: sigfd.as_fd().as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: exit.evt.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    // Only hang-ups: replies on the sockets are read by the vCPU threads.
+    fds.extend(watches.iter().map(|w| libc::pollfd {
+        fd: w.fd.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    }));
     loop {
-        // SAFETY: the eventfd outlives this borrow.
-        let evt = unsafe { BorrowedFd::borrow_raw(std::os::fd::AsRawFd::as_raw_fd(&exit.evt)) };
-        let mut fds = [
-            PollFd::new(sigfd.as_fd(), PollFlags::POLLIN),
-            PollFd::new(evt, PollFlags::POLLIN),
-        ];
-        match poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) => {}
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(VmmError::Signal(e)),
+        // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if n < 0 {
+            let e = nix::errno::Errno::last();
+            if e == nix::errno::Errno::EINTR {
+                continue;
+            }
+            return Err(VmmError::Signal(e));
         }
         if let Some(r) = exit.take() {
             return Ok(Outcome::Guest(r));
         }
-        if let Ok(Some(info)) = sigfd.read_signal() {
-            let sig = Signal::try_from(info.ssi_signo as i32).unwrap_or(Signal::SIGTERM);
-            tracing::info!(signal = %sig, "stopping the VM");
-            return Ok(Outcome::Signal(sig));
+        let hup = libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR;
+        for (w, fd) in watches.iter().zip(&fds[2..]) {
+            if fd.revents & hup != 0 {
+                let msg = format!("vhost-user backend {} disconnected", w.name);
+                tracing::error!("{msg}");
+                return Ok(Outcome::Guest(VcpuExitReason::Error(msg)));
+            }
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            if let Ok(Some(info)) = sigfd.read_signal() {
+                let sig = Signal::try_from(info.ssi_signo as i32).unwrap_or(Signal::SIGTERM);
+                tracing::info!(signal = %sig, "stopping the VM");
+                return Ok(Outcome::Signal(sig));
+            }
         }
     }
 }

@@ -143,3 +143,92 @@ fn serial_log_is_appended_not_truncated() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(serial, "previous\nOK\n");
 }
+
+fn vhost_vsock_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("MYVM_VHOST_VSOCK") {
+        return PathBuf::from(p);
+    }
+    let env = Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/tools.env");
+    std::fs::read_to_string(env)
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("MYVM_VHOST_VSOCK=").map(PathBuf::from))
+        })
+        .unwrap_or_else(|| {
+            "/var/cache/myvm/tools/vhost-device-vsock-0.3.0/bin/vhost-device-vsock".into()
+        })
+}
+
+/// A vhost-user daemon that dies while the guest runs ends the VM with status 1 and says which
+/// device lost its backend, instead of leaving a guest with a dead device.
+#[test]
+fn vhost_user_daemon_exit_ends_the_vm_with_an_error() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let d = TmpDir::new("hup");
+    let vhost = d.0.join("vsock.vhost.sock");
+    let mut daemon = Command::new(vhost_vsock_binary())
+        .args(["--guest-cid", "3", "--socket"])
+        .arg(&vhost)
+        .arg("--uds-path")
+        .arg(d.0.join("vsock.sock"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    while !vhost.exists() {
+        assert!(Instant::now() < end, "daemon socket missing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let kernel = d.0.join("tiny.elf");
+    // Print, then halt with interrupts off: the guest never ends on its own.
+    std::fs::write(
+        &kernel,
+        tiny_elf(&[&PRINT_OK[..], &[0xfa, 0xf4, 0xeb, 0xfd]].concat()),
+    )
+    .unwrap();
+    let serial = d.0.join("serial.log");
+    let mut vmm = Command::new(VMM)
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--serial-log")
+        .arg(&serial)
+        .arg("--vsock-socket")
+        .arg(&vhost)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let end = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&serial).unwrap_or_default() != "OK\n" {
+        if Instant::now() > end {
+            let _ = vmm.kill();
+            let _ = daemon.kill();
+            let _ = (vmm.wait(), daemon.wait());
+            panic!("guest never printed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(vmm.try_wait().unwrap().is_none(), "VM still running");
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    let end = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(st) = vmm.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > end {
+            let _ = vmm.kill();
+            let _ = vmm.wait();
+            panic!("myvm-vmm kept running after its vhost-user daemon died");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut vmm.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("vhost-user backend vsock"), "{err}");
+    assert!(err.contains("disconnected"), "{err}");
+}

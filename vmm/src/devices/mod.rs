@@ -17,7 +17,9 @@ pub struct IrqLine(pub Arc<EventFd>);
 
 impl IrqLine {
     pub fn new() -> std::io::Result<Self> {
-        Ok(IrqLine(Arc::new(EventFd::new(libc::EFD_NONBLOCK)?)))
+        Ok(IrqLine(Arc::new(EventFd::new(
+            libc::EFD_NONBLOCK | libc::EFD_CLOEXEC,
+        )?)))
     }
     pub fn trigger(&self) -> std::io::Result<()> {
         self.0.write(1)

@@ -63,6 +63,13 @@ pub enum Kind {
     Fs { tag: String, request_queues: u16 },
 }
 
+/// A duplicate of a daemon connection's socket, to notice the daemon going away (POLLHUP).
+#[derive(Debug)]
+pub struct BackendWatch {
+    pub name: String,
+    pub fd: std::os::fd::OwnedFd,
+}
+
 pub struct VhostUserDevice {
     kind: Kind,
     socket: String,
@@ -154,6 +161,18 @@ impl VhostUserDevice {
 
     pub fn kind(&self) -> &Kind {
         &self.kind
+    }
+
+    /// A watch on the daemon connection (a dup of its socket).
+    pub fn watch(&self) -> std::io::Result<BackendWatch> {
+        use std::os::fd::{AsRawFd, BorrowedFd};
+        // SAFETY: the frontend's socket is open for as long as `self` lives; we only dup it.
+        let fd =
+            unsafe { BorrowedFd::borrow_raw(self.frontend.as_raw_fd()) }.try_clone_to_owned()?;
+        Ok(BackendWatch {
+            name: format!("{} ({})", kind_name(&self.kind), self.socket),
+            fd,
+        })
     }
 
     /// The guest CID the vsock daemon serves (from its config space).
@@ -315,15 +334,21 @@ pub fn kind_name(k: &Kind) -> &'static str {
     }
 }
 
+/// Attached devices: the transports (also owned by the bus) and a watch per daemon connection.
+pub struct Attached {
+    pub transports: Vec<Arc<std::sync::Mutex<MmioTransport>>>,
+    pub watches: Vec<BackendWatch>,
+}
+
 /// Connects every configured vhost-user device and maps it on the MMIO bus at its slot, with
-/// its irqfd and one ioeventfd per queue. Returns the transports (kept alive by the bus too).
+/// its irqfd and one ioeventfd per queue.
 pub fn attach_all(
     cfg: &VmmConfig,
     vm: &Vm,
     mem: &GuestMemory,
     slots: &[VirtioSlot],
     mmio: &mut Bus,
-) -> Result<Vec<Arc<std::sync::Mutex<MmioTransport>>>, VhostUserError> {
+) -> Result<Attached, VhostUserError> {
     let mut wanted: Vec<(Kind, &Path)> = Vec::new();
     if let Some(s) = &cfg.vsock_socket {
         wanted.push((Kind::Vsock, s));
@@ -337,12 +362,17 @@ pub fn attach_all(
             &fs.socket,
         ));
     }
-    let mut out = Vec::new();
+    let mut out = Attached {
+        transports: Vec::new(),
+        watches: Vec::new(),
+    };
     for ((kind, socket), slot) in wanted.into_iter().zip(slots) {
         let irq = IrqLine::new().map_err(VhostUserError::Transport)?;
         vm.register_irqfd(&irq.0, slot.irq)?;
         let name = kind_name(&kind);
         let dev = VhostUserDevice::connect(kind, socket, mem.clone(), irq.clone())?;
+        out.watches
+            .push(dev.watch().map_err(VhostUserError::Transport)?);
         let transport = MmioTransport::new(Box::new(dev), mem.clone(), irq)
             .map_err(VhostUserError::Transport)?;
         for (q, kick) in transport.kicks().iter().enumerate() {
@@ -361,7 +391,7 @@ pub fn attach_all(
             irq = slot.irq,
             "virtio-mmio device attached"
         );
-        out.push(t);
+        out.transports.push(t);
     }
     Ok(out)
 }

@@ -126,7 +126,7 @@ impl MmioTransport {
             .collect();
         let kicks = sizes
             .iter()
-            .map(|_| EventFd::new(libc::EFD_NONBLOCK).map(Arc::new))
+            .map(|_| EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map(Arc::new))
             .collect::<Result<_, _>>()?;
         Ok(MmioTransport {
             device,
