@@ -67,9 +67,9 @@ pub fn normalize(entries: &mut Vec<kvm_cpuid_entry2>, topo: Topology, pvm_compat
                         !(L1_ECX_CX16 | L1_ECX_POPCNT | L1_ECX_XSAVE | L1_ECX_AVX | L1_ECX_RDRAND);
                 }
             }
-            0x4 => {
+            0x4 if e.eax & 0x1f != 0 => {
                 // Deterministic cache parameters: [31:26] cores per package - 1,
-                // [25:14] logical processors sharing this cache - 1.
+                // [25:14] logical processors sharing this cache - 1 (type 0 = no more caches).
                 let level = (e.eax >> 5) & 0x7;
                 let sharing = if level >= 3 { n - 1 } else { 0 };
                 e.eax = (e.eax & 0x3fff) | (sharing << 14) | ((n - 1) << 26);
@@ -97,6 +97,16 @@ pub fn normalize(entries: &mut Vec<kvm_cpuid_entry2>, topo: Topology, pvm_compat
                 e.ebx = 0;
                 e.ecx = 0;
                 e.edx = 0;
+            }
+            0x8000_0008 => {
+                // AMD: ECX[7:0] cores per package - 1, [15:12] APIC id bits for the core id.
+                e.ecx = (e.ecx & !0xf0ff) | (n - 1) | (core_shift << 12);
+            }
+            0x8000_001e => {
+                // AMD extended APIC id / core id (one thread per core) / node 0.
+                e.eax = apic_id;
+                e.ebx = (e.ebx & !0xffff) | apic_id;
+                e.ecx = 0;
             }
             HYPERVISOR_LEAF => {
                 e.eax = e.eax.max(KVM_FEATURES_LEAF);

@@ -129,6 +129,52 @@ fn pvm_compat_hides_unemulated_features() {
 }
 
 #[test]
+fn cache_leaf_and_amd_topology_leaves() {
+    let mut e = vec![
+        kvm_cpuid_entry2 {
+            function: 4,
+            index: 2,
+            eax: 0x3 << 5 | 3, // L3 unified
+            ..Default::default()
+        },
+        kvm_cpuid_entry2 {
+            function: 4,
+            index: 3,
+            eax: 0, // no more caches
+            ..Default::default()
+        },
+        kvm_cpuid_entry2 {
+            function: 0x8000_0008,
+            ecx: 0xff,
+            ..Default::default()
+        },
+        kvm_cpuid_entry2 {
+            function: 0x8000_001e,
+            ebx: 0xffff,
+            ..Default::default()
+        },
+    ];
+    normalize(
+        &mut e,
+        Topology {
+            cpu_index: 3,
+            vcpus: 4,
+        },
+        false,
+    );
+    let l3 = find(&e, 4, 2);
+    assert_eq!(
+        (l3.eax >> 26, (l3.eax >> 14) & 0xfff, l3.eax & 0x1f),
+        (3, 3, 3)
+    );
+    assert_eq!(find(&e, 4, 3).eax, 0, "terminating subleaf untouched");
+    let amd = find(&e, 0x8000_0008, 0);
+    assert_eq!((amd.ecx & 0xff, (amd.ecx >> 12) & 0xf), (3, 2));
+    let ext = find(&e, 0x8000_001e, 0);
+    assert_eq!((ext.eax, ext.ebx & 0xffff), (3, 3));
+}
+
+#[test]
 fn topology_shift_widths() {
     assert_eq!(shift_for(1), 0);
     assert_eq!(shift_for(2), 1);
