@@ -96,8 +96,11 @@ pub fn load<M: GuestMemoryBackend>(
     let initrd = match initrd {
         Some(path) => {
             let pname = path.display().to_string();
-            let data = std::fs::read(path).map_err(|e| BootError::Open(pname.clone(), e))?;
-            let size = data.len() as u64;
+            let mut file = File::open(path).map_err(|e| BootError::Open(pname.clone(), e))?;
+            let size = file
+                .metadata()
+                .map_err(|e| BootError::Open(pname.clone(), e))?
+                .len();
             let addr =
                 initrd_addr(mem_size, res.kernel_end, size).ok_or(BootError::InitrdTooBig {
                     path: pname,
@@ -105,7 +108,8 @@ pub fn load<M: GuestMemoryBackend>(
                     kernel_end: res.kernel_end,
                     ram_end: ram_ranges(mem_size)[0].1,
                 })?;
-            mem.write_slice(&data, addr)?;
+            // Straight from the file into guest memory (no intermediate buffer).
+            mem.read_exact_volatile_from(addr, &mut file, size as usize)?;
             tracing::debug!(addr = %format!("{:#x}", addr.0), size, "initrd loaded");
             Some((addr, size))
         }
