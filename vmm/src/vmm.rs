@@ -182,7 +182,11 @@ pub fn run(cfg: &VmmConfig) -> Result<Outcome, VmmError> {
     let devices = crate::devices::vhost_user::attach_all(cfg, &vm, &mem, &slots, &mut mmio)?;
 
     if compat {
-        tracing::info!("host has no hardware virtualization: hiding cx16, popcnt, xsave, avx, rdrand, rdseed, smap and arch-capabilities from the guest (CPUID and kernel parameters)");
+        tracing::info!(
+            "host has no hardware virtualization (KVM-PVM): hiding cx16, popcnt, xsave, avx, \
+             rdrand, rdseed and smap from the guest (CPUID masks, which KVM-PVM partly ignores, \
+             and kernel parameters)"
+        );
     }
     let supported = vm.supported_cpuid()?;
     let mut vcpu_list = Vec::new();
@@ -206,9 +210,13 @@ pub fn run(cfg: &VmmConfig) -> Result<Outcome, VmmError> {
         let exit = exit.clone();
         let stop = stop.clone();
         let filter = filters.as_ref().map(|f| f.vcpu.clone());
+        // Guest RAM stays mapped for as long as any vCPU can run (the main thread returns and
+        // exits the process while vCPUs may still be inside KVM_RUN).
+        let ram = mem.clone();
         std::thread::Builder::new()
             .name(format!("vcpu{}", v.index))
             .spawn(move || {
+                let _ram = ram;
                 if let Some(f) = filter {
                     if let Err(e) = crate::seccomp::apply(&f) {
                         exit.report(VcpuExitReason::Error(format!(
