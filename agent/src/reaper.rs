@@ -74,11 +74,14 @@ pub fn subscribe(pid: Pid) -> mpsc::Receiver<WaitStatus> {
 
 fn reap_loop() {
     let set = sigchld();
+    // SIGCHLD wakes us at once; the timeout is a backstop so no exit can be missed for long.
+    let timeout = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 200_000_000,
+    };
     loop {
-        if let Err(e) = set.wait() {
-            tracing::warn!("sigwait: {e}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        // SAFETY: `set` is a valid sigset; a null siginfo pointer is allowed.
+        unsafe { libc::sigtimedwait(set.as_ref(), std::ptr::null_mut(), &timeout) };
         reap_all();
     }
 }
@@ -87,7 +90,10 @@ fn reap_all() {
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return,
-            Ok(status) => deliver(status),
+            Ok(status) => {
+                tracing::debug!(?status, "reaped");
+                deliver(status)
+            }
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => {
                 tracing::warn!("waitpid: {e}");

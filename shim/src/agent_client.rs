@@ -34,6 +34,7 @@ pub enum AgentError {
     NotReady { timeout: Duration, last: String },
 }
 
+#[derive(Clone)]
 pub struct AgentClient {
     inner: agent_ttrpc::AgentClient,
     timeout: Duration,

@@ -4,8 +4,10 @@
 pub mod agent_client;
 pub mod assets;
 pub mod check;
+pub mod config;
 pub mod hybrid_vsock;
 pub mod hypervisor;
 pub mod process;
+pub mod shim;
 pub mod vhost_user;
 pub mod vm;

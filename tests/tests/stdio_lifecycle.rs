@@ -114,6 +114,32 @@ fn stdio_is_exact() {
     assert_eq!(&out[input.len()..], b"done\n");
     vm.remove("cat").unwrap();
 
+    // A process that never reads its attached (and still open) stdin exits normally.
+    vm.create(
+        "noread",
+        &sh("echo bye; exit 4"),
+        Stdio {
+            stdin: true,
+            stdout: true,
+            stderr: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let readers = vm.attach_output("noread", "");
+    let _stdin = open_stdio(
+        &vm.uds(),
+        "noread",
+        "",
+        StdioStream::Stdin,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    vm.start("noread").unwrap();
+    assert_eq!(vm.wait("noread", "", Duration::from_secs(20)).unwrap(), 4);
+    assert_eq!(readers.collect().0, "bye\n");
+    vm.remove("noread").unwrap();
+
     TestVm::shutdown(vm);
 }
 

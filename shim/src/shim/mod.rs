@@ -1,0 +1,155 @@
+//! `containerd-shim-myvm-v2`: containerd's task API v2 (containerd-shim 0.11, sync) on top of a
+//! myvm sandbox. One shim per pod: a CRI sandbox boots the VM, the pod's containers join it
+//! through the same shim (containerd is given the same address); a plain `ctr run` container is
+//! its own sandbox.
+
+pub mod io;
+pub mod rootfs;
+pub mod sandbox;
+mod service;
+pub mod state;
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+};
+
+use containerd_shim::{
+    self as shim, protos::protobuf::MessageDyn, synchronous::publisher::RemotePublisher,
+    Config as ShimConfig, DeleteResponse, ExitSignal, Flags,
+};
+
+use self::{sandbox::Sandbox, state::Ctr};
+use crate::config::Config;
+
+pub const RUNTIME_ID: &str = "io.containerd.myvm.v2";
+
+/// CRI annotations that place a container in a pod.
+pub const ANNOTATION_TYPE: &str = "io.kubernetes.cri.container-type";
+pub const ANNOTATION_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+/// The sandbox a bundle's container belongs to: its CRI pod, or itself.
+pub fn sandbox_id_of(container_id: &str, annotations: &HashMap<String, String>) -> String {
+    match (
+        annotations.get(ANNOTATION_TYPE).map(String::as_str),
+        annotations.get(ANNOTATION_SANDBOX_ID),
+    ) {
+        (Some("container"), Some(sid)) if !sid.is_empty() => sid.clone(),
+        _ => container_id.to_string(),
+    }
+}
+
+pub fn read_annotations(bundle: &Path) -> HashMap<String, String> {
+    std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v.get("annotations").cloned())
+        .and_then(|a| serde_json::from_value(a).ok())
+        .unwrap_or_default()
+}
+
+pub struct Inner {
+    pub namespace: String,
+    pub id: String,
+    pub exit: Arc<ExitSignal>,
+    pub publisher: Mutex<Option<RemotePublisher>>,
+    pub sandbox: Mutex<Option<Arc<Sandbox>>>,
+    pub containers: Mutex<HashMap<String, Arc<Ctr>>>,
+    pub config: Config,
+}
+
+impl Inner {
+    pub fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+        if let Some(p) = self.publisher.lock().unwrap().as_ref() {
+            if let Err(e) = p.publish(Default::default(), topic, &self.namespace, event) {
+                tracing::warn!(topic, "publishing event: {e}");
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Service {
+    pub inner: Arc<Inner>,
+}
+
+fn config_path() -> PathBuf {
+    std::env::var_os("MYVM_CONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(crate::config::DEFAULT_PATH))
+}
+
+impl shim::Shim for Service {
+    type T = Service;
+
+    fn new(_runtime_id: &str, args: &Flags, config: &mut ShimConfig) -> Self {
+        // We wait for our own children (QEMU, daemons); the library's reaper would steal them.
+        config.no_reaper = true;
+        config.no_sub_reaper = true;
+        let cfg = Config::load(&config_path()).unwrap_or_else(|e| {
+            eprintln!("myvm shim: {e}; using defaults");
+            Config::default()
+        });
+        config.default_log_level = cfg.log_level.clone();
+        Service {
+            inner: Arc::new(Inner {
+                namespace: args.namespace.clone(),
+                id: args.id.clone(),
+                exit: Arc::new(ExitSignal::default()),
+                publisher: Mutex::new(None),
+                sandbox: Mutex::new(None),
+                containers: Mutex::new(HashMap::new()),
+                config: cfg,
+            }),
+        }
+    }
+
+    fn start_shim(&mut self, opts: shim::StartOpts) -> Result<String, shim::Error> {
+        let bundle = std::env::current_dir().map_err(|e| shim::Error::Other(e.to_string()))?;
+        let grouping = sandbox_id_of(&opts.id, &read_annotations(&bundle));
+        let (_pid, address) = shim::spawn(opts, &grouping, Vec::new())?;
+        Ok(address)
+    }
+
+    fn delete_shim(&mut self) -> Result<DeleteResponse, shim::Error> {
+        let bundle = std::env::current_dir().unwrap_or_default();
+        let sid = sandbox_id_of(&self.inner.id, &read_annotations(&bundle));
+        sandbox::cleanup_dead(&sid, &self.inner.id);
+        let mut resp = DeleteResponse::new();
+        resp.exit_status = 137;
+        resp.set_exited_at(
+            state::Exit {
+                status: 137,
+                at_ns: state::now_ns(),
+            }
+            .timestamp(),
+        );
+        Ok(resp)
+    }
+
+    fn wait(&mut self) {
+        self.inner.exit.wait();
+    }
+
+    fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {
+        *self.inner.publisher.lock().unwrap() = Some(publisher);
+        self.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pods_group_their_containers() {
+        let mut a = HashMap::new();
+        assert_eq!(sandbox_id_of("c1", &a), "c1");
+        a.insert(ANNOTATION_TYPE.to_string(), "sandbox".to_string());
+        a.insert(ANNOTATION_SANDBOX_ID.to_string(), "pod1".to_string());
+        assert_eq!(sandbox_id_of("pod1", &a), "pod1");
+        a.insert(ANNOTATION_TYPE.to_string(), "container".to_string());
+        assert_eq!(sandbox_id_of("c2", &a), "pod1");
+    }
+}

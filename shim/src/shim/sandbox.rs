@@ -1,0 +1,201 @@
+//! The pod's microVM as the shim sees it: booted on the first Create, shared directory for
+//! rootfs and volumes, agent client, and the event loop that turns guest exits into task events.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Mutex,
+    time::Duration,
+};
+
+use myvm_protocol::agent::{CreateSandboxRequest, GetEventsRequest, SharedMount};
+
+use crate::{
+    agent_client::AgentClient,
+    assets::Assets,
+    check::HostInfo,
+    config::Config,
+    vm::{SharedDir, Vm, VmOptions, RUN_ROOT},
+};
+
+/// Guest mount point of the sandbox's shared directory.
+pub const GUEST_SHARED: &str = "/run/myvm/shared";
+/// virtio-fs tag of the shared directory.
+pub const SHARED_TAG: &str = "myvmfs";
+
+pub fn sandboxes_root() -> PathBuf {
+    Path::new(RUN_ROOT).join("sandboxes")
+}
+
+/// Host directory shared with sandbox `id`'s guest.
+pub fn shared_dir(id: &str) -> PathBuf {
+    Path::new(RUN_ROOT).join("shared").join(id)
+}
+
+pub struct Sandbox {
+    pub id: String,
+    vm: Mutex<Option<Vm>>,
+    pub agent: AgentClient,
+    pub uds: PathBuf,
+    pub shared: PathBuf,
+    pub vmm_pids: Vec<u32>,
+}
+
+/// Guest memory and vCPUs for a sandbox: the config's defaults, or what the CRI annotations ask.
+pub fn sizing(
+    config: &Config,
+    annotations: &std::collections::HashMap<String, String>,
+) -> (u32, u32) {
+    let mut mem = config.memory_mib;
+    let mut vcpus = config.vcpus;
+    if let Some(bytes) = annotations
+        .get("io.kubernetes.cri.sandbox-memory")
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if bytes > 0 {
+            // The pod's limit plus room for the guest kernel and agent.
+            mem = mem.max((bytes >> 20) as u32 + 128);
+        }
+    }
+    let quota = annotations
+        .get("io.kubernetes.cri.sandbox-cpu-quota")
+        .and_then(|v| v.parse::<i64>().ok());
+    let period = annotations
+        .get("io.kubernetes.cri.sandbox-cpu-period")
+        .and_then(|v| v.parse::<i64>().ok());
+    if let (Some(q), Some(p)) = (quota, period) {
+        if q > 0 && p > 0 {
+            vcpus = vcpus.max(((q + p - 1) / p) as u32);
+        }
+    }
+    (mem, vcpus.min(crate::hypervisor::MAX_VCPUS))
+}
+
+impl Sandbox {
+    pub fn boot(
+        id: &str,
+        config: &Config,
+        annotations: &std::collections::HashMap<String, String>,
+        hostname: &str,
+    ) -> anyhow::Result<Sandbox> {
+        use anyhow::Context;
+        let mut assets = Assets::discover()?;
+        if let Some(k) = &config.kernel {
+            assets.kernel = k.clone();
+        }
+        if let Some(i) = &config.initrd {
+            assets.initrd = i.clone();
+        }
+        let shared = shared_dir(id);
+        std::fs::create_dir_all(&shared).with_context(|| format!("mkdir {}", shared.display()))?;
+        let (memory_mib, vcpus) = sizing(config, annotations);
+        let opts = VmOptions {
+            backend: config.backend().map_err(anyhow::Error::msg)?,
+            vcpus,
+            memory_mib,
+            shared_dirs: vec![SharedDir {
+                tag: SHARED_TAG.into(),
+                path: shared.clone(),
+                readonly: false,
+            }],
+            run_root: sandboxes_root(),
+            id: Some(id.to_string()),
+            boot_timeout: Duration::from_secs(config.boot_timeout_s),
+            ..Default::default()
+        };
+        let vm = match Vm::boot(&opts, &assets, &HostInfo::detect()) {
+            Ok(vm) => vm,
+            Err(e) => {
+                let _ = std::fs::remove_dir(&shared);
+                return Err(e).context("booting the sandbox VM");
+            }
+        };
+        let agent = vm.agent().clone();
+        let req = CreateSandboxRequest {
+            sandbox_id: id.to_string(),
+            hostname: hostname.to_string(),
+            mounts: vec![SharedMount {
+                tag: SHARED_TAG.into(),
+                mount_point: GUEST_SHARED.into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        agent
+            .call("CreateSandbox", |c, ctx| c.create_sandbox(ctx, &req))
+            .context("CreateSandbox")?;
+        tracing::info!(
+            sandbox = id,
+            backend = vm.backend(),
+            boot_ms = vm.boot_time().as_millis() as u64,
+            "sandbox VM ready"
+        );
+        Ok(Sandbox {
+            id: id.to_string(),
+            uds: vm.vsock_uds().to_path_buf(),
+            vmm_pids: vm.pids(),
+            vm: Mutex::new(Some(vm)),
+            agent,
+            shared,
+        })
+    }
+
+    pub fn host_rootfs(&self, container_id: &str) -> PathBuf {
+        self.shared.join(container_id).join("rootfs")
+    }
+
+    pub fn guest_rootfs(container_id: &str) -> String {
+        format!("{GUEST_SHARED}/{container_id}/rootfs")
+    }
+
+    /// Long-polls the agent for events. Err means the agent (or the VM) is gone.
+    pub fn next_events(&self) -> Result<Vec<myvm_protocol::agent::Event>, String> {
+        let req = GetEventsRequest {
+            timeout_ms: 10_000,
+            ..Default::default()
+        };
+        self.agent
+            .call_with_timeout("GetEvents", Duration::from_secs(20), |c, ctx| {
+                c.get_events(ctx, &req)
+            })
+            .map(|r| r.events)
+            .map_err(|e| e.to_string())
+    }
+
+    /// True while the VMM runs.
+    pub fn vm_running(&self) -> bool {
+        self.vmm_pids
+            .first()
+            .is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+    }
+
+    /// Shuts the VM down and removes the (by now empty) shared directory.
+    pub fn stop(&self) {
+        if let Some(vm) = self.vm.lock().unwrap().take() {
+            match vm.shutdown(Duration::from_secs(5)) {
+                Ok(s) => tracing::info!(sandbox = self.id, "VM exited: {s}"),
+                Err(e) => tracing::warn!(sandbox = self.id, "VM shutdown: {e}"),
+            }
+        }
+        let _ = std::fs::remove_dir(&self.shared);
+    }
+}
+
+/// Cleans up after a shim that died: unmounts rootfs left in the shared directory and removes
+/// the sandbox directories (its VM and daemons died with it through PR_SET_PDEATHSIG).
+pub fn cleanup_dead(sandbox_id: &str, container_id: &str) {
+    let shared = shared_dir(sandbox_id);
+    super::rootfs::unmount_rootfs(&shared.join(container_id).join("rootfs"));
+    if sandbox_id == container_id {
+        if let Ok(entries) = std::fs::read_dir(&shared) {
+            for e in entries.flatten() {
+                super::rootfs::unmount_rootfs(&e.path().join("rootfs"));
+            }
+        }
+        let _ = std::fs::remove_dir(&shared);
+        let vmdir = sandboxes_root().join(sandbox_id);
+        if vmdir.exists() {
+            // Sockets and logs only: nothing mounted lives there.
+            let _ = std::fs::remove_dir_all(&vmdir);
+        }
+    }
+}

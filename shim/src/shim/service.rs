@@ -1,0 +1,763 @@
+//! The task API: every RPC containerd sends to a shim, mapped onto the agent.
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use containerd_shim::{
+    api,
+    protos::{
+        cgroups_v2::metrics::{
+            CPUStat, IOEntry, IOStat, MemoryEvents, MemoryStat, Metrics, PidsStat,
+        },
+        events::task::*,
+        protobuf::{well_known_types::any::Any, Message, MessageField},
+        topics::*,
+    },
+    Task, TtrpcContext, TtrpcResult,
+};
+use myvm_protocol::agent as ag;
+use ttrpc::{Code, Error as TtrpcError};
+
+use super::{
+    io::{IoCopy, StdioPaths},
+    read_annotations, rootfs,
+    sandbox::Sandbox,
+    sandbox_id_of,
+    state::{now_ns, Ctr, Exit, Proc},
+    Inner, Service,
+};
+use crate::agent_client::AgentError;
+
+fn status(code: Code, msg: impl Into<String>) -> TtrpcError {
+    TtrpcError::RpcStatus(ttrpc::get_status(code, msg.into()))
+}
+
+fn not_found(what: &str) -> TtrpcError {
+    status(Code::NOT_FOUND, format!("{what}: not found"))
+}
+
+/// Agent errors keep their gRPC code (NOT_FOUND, INVALID_ARGUMENT, ...) and message.
+fn agent_err(e: AgentError) -> TtrpcError {
+    match e {
+        AgentError::Call {
+            source: TtrpcError::RpcStatus(s),
+            call,
+        } => status(s.code(), format!("myvm agent {call}: {}", s.message())),
+        other => status(Code::INTERNAL, format!("myvm: {other}")),
+    }
+}
+
+impl Inner {
+    fn sandbox(&self) -> TtrpcResult<Arc<Sandbox>> {
+        self.sandbox
+            .lock()
+            .unwrap()
+            .clone()
+            .ok_or_else(|| status(Code::FAILED_PRECONDITION, "no sandbox VM"))
+    }
+
+    fn ctr(&self, id: &str) -> TtrpcResult<Arc<Ctr>> {
+        self.containers
+            .lock()
+            .unwrap()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| not_found(&format!("container {id}")))
+    }
+
+    fn proc(&self, id: &str, exec_id: &str) -> TtrpcResult<(Arc<Ctr>, Arc<Proc>)> {
+        let c = self.ctr(id)?;
+        let p = c
+            .process(exec_id)
+            .ok_or_else(|| not_found(&format!("process {exec_id} of {id}")))?;
+        Ok((c, p))
+    }
+
+    /// Boots the sandbox VM if this shim has none yet, and starts the event loop.
+    fn ensure_sandbox(self: &Arc<Self>, sid: &str, bundle: &Path) -> TtrpcResult<Arc<Sandbox>> {
+        let mut guard = self.sandbox.lock().unwrap();
+        if let Some(s) = guard.as_ref() {
+            return Ok(s.clone());
+        }
+        let annotations = read_annotations(bundle);
+        let hostname = spec_hostname(bundle).unwrap_or_default();
+        let sb = Arc::new(
+            Sandbox::boot(sid, &self.config, &annotations, &hostname)
+                .map_err(|e| status(Code::UNAVAILABLE, format!("myvm: {e:#}")))?,
+        );
+        *guard = Some(sb.clone());
+        let me = self.clone();
+        let sb2 = sb.clone();
+        std::thread::Builder::new()
+            .name("agent-events".into())
+            .spawn(move || me.event_loop(&sb2))
+            .map_err(|e| status(Code::INTERNAL, e.to_string()))?;
+        Ok(sb)
+    }
+
+    fn event_loop(&self, sb: &Sandbox) {
+        loop {
+            match sb.next_events() {
+                Ok(events) => {
+                    for e in events {
+                        self.on_event(e);
+                    }
+                }
+                Err(e) => {
+                    if sb.vm_running() && self.sandbox.lock().unwrap().is_some() {
+                        tracing::warn!("agent events: {e}");
+                        std::thread::sleep(Duration::from_millis(200));
+                        if sb.vm_running() {
+                            continue;
+                        }
+                    }
+                    // The VM is gone: every process still running is reported dead.
+                    let ctrs: Vec<_> = self.containers.lock().unwrap().values().cloned().collect();
+                    for c in ctrs {
+                        let mut procs = vec![c.init.clone()];
+                        procs.extend(c.execs.lock().unwrap().values().cloned());
+                        for p in procs {
+                            if p.exit().is_none() {
+                                tracing::error!(
+                                    container = c.id,
+                                    "the sandbox VM died ({e}): process reported killed"
+                                );
+                                self.exited(
+                                    &c,
+                                    &p,
+                                    Exit {
+                                        status: 137,
+                                        at_ns: now_ns(),
+                                    },
+                                );
+                            }
+                        }
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_event(&self, e: ag::Event) {
+        let Ok(c) = self.ctr(&e.container_id) else {
+            return;
+        };
+        if e.has_oom() {
+            self.publish(
+                TASK_OOM_EVENT_TOPIC,
+                Box::new(TaskOOM {
+                    container_id: c.id.clone(),
+                    ..Default::default()
+                }),
+            );
+        } else if e.has_exited() {
+            let x = e.exited();
+            if let Some(p) = c.process(&e.exec_id) {
+                self.exited(
+                    &c,
+                    &p,
+                    Exit {
+                        status: x.exit_status as u32,
+                        at_ns: x.exited_at_ns,
+                    },
+                );
+            }
+        }
+    }
+
+    /// All output delivered, then the exit is recorded and published.
+    fn exited(&self, c: &Ctr, p: &Proc, exit: Exit) {
+        if let Some(io) = p.io.lock().unwrap().clone() {
+            io.wait_outputs(Duration::from_secs(10));
+        }
+        if p.set_exit(exit) {
+            self.publish(
+                TASK_EXIT_EVENT_TOPIC,
+                Box::new(TaskExit {
+                    container_id: c.id.clone(),
+                    id: if p.exec_id.is_empty() {
+                        c.id.clone()
+                    } else {
+                        p.exec_id.clone()
+                    },
+                    pid: p.pid(),
+                    exit_status: exit.status,
+                    exited_at: MessageField::some(exit.timestamp()),
+                    ..Default::default()
+                }),
+            );
+        }
+    }
+
+    /// Starts a created process in the guest (init: StartContainer; exec: ExecProcess).
+    fn start_proc(&self, c: &Ctr, p: &Proc) -> TtrpcResult<u32> {
+        let sb = self.sandbox()?;
+        if p.exec_id.is_empty() {
+            let req = ag::StartContainerRequest {
+                container_id: c.id.clone(),
+                ..Default::default()
+            };
+            sb.agent
+                .call("StartContainer", |a, ctx| a.start_container(ctx, &req))
+                .map_err(agent_err)?;
+        } else {
+            let req = ag::ExecProcessRequest {
+                container_id: c.id.clone(),
+                exec_id: p.exec_id.clone(),
+                process: p.spec.clone().unwrap_or_default(),
+                stdio: MessageField::some(p.stdio.request()),
+                ..Default::default()
+            };
+            let r = sb
+                .agent
+                .call("ExecProcess", |a, ctx| a.exec_process(ctx, &req))
+                .map_err(agent_err)?;
+            *p.pid.lock().unwrap() = r.pid as u32;
+            let io = IoCopy::attach(&sb.uds, &c.id, &p.exec_id, &p.stdio).map_err(agent_err)?;
+            *p.io.lock().unwrap() = Some(Arc::new(io));
+        }
+        p.set_status(api::Status::RUNNING);
+        Ok(p.pid())
+    }
+
+    /// Removes the container from the guest and its rootfs from the host.
+    fn remove_ctr(&self, c: &Ctr) {
+        if let Ok(sb) = self.sandbox() {
+            let req = ag::RemoveContainerRequest {
+                container_id: c.id.clone(),
+                ..Default::default()
+            };
+            if let Err(e) = sb
+                .agent
+                .call("RemoveContainer", |a, ctx| a.remove_container(ctx, &req))
+            {
+                tracing::warn!(container = c.id, "RemoveContainer: {e}");
+            }
+        }
+        rootfs::unmount_rootfs(&c.rootfs);
+    }
+}
+
+fn spec_hostname(bundle: &Path) -> Option<String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).ok()?).ok()?;
+    v.get("hostname")?.as_str().map(str::to_string)
+}
+
+fn timestamp_of(
+    p: &Proc,
+) -> MessageField<containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp> {
+    p.exit()
+        .map(|e| MessageField::some(e.timestamp()))
+        .unwrap_or_default()
+}
+
+impl Task for Service {
+    fn create(
+        &self,
+        _: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
+        let inner = &self.inner;
+        if !req.checkpoint.is_empty() {
+            return Err(status(
+                Code::UNIMPLEMENTED,
+                "myvm: restoring from a checkpoint is not supported",
+            ));
+        }
+        if inner.containers.lock().unwrap().contains_key(&req.id) {
+            return Err(status(
+                Code::ALREADY_EXISTS,
+                format!("container {} already exists", req.id),
+            ));
+        }
+        let bundle = Path::new(&req.bundle);
+        let spec = std::fs::read(bundle.join("config.json")).map_err(|e| {
+            status(
+                Code::INVALID_ARGUMENT,
+                format!("reading {}/config.json: {e}", req.bundle),
+            )
+        })?;
+        let sid = sandbox_id_of(&req.id, &read_annotations(bundle));
+        let sb = inner.ensure_sandbox(&sid, bundle)?;
+
+        let host_rootfs = sb.host_rootfs(&req.id);
+        rootfs::mount_rootfs(&req.rootfs, bundle, &host_rootfs)
+            .map_err(|e| status(Code::INVALID_ARGUMENT, format!("myvm: {e}")))?;
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let creq = ag::CreateContainerRequest {
+            container_id: req.id.clone(),
+            oci_spec: spec,
+            rootfs: Sandbox::guest_rootfs(&req.id),
+            stdio: MessageField::some(stdio.request()),
+            ..Default::default()
+        };
+        let created = sb
+            .agent
+            .call("CreateContainer", |a, ctx| a.create_container(ctx, &creq))
+            .map_err(agent_err);
+        let pid = match created {
+            Ok(r) => r.pid as u32,
+            Err(e) => {
+                rootfs::unmount_rootfs(&host_rootfs);
+                self.cleanup_empty_sandbox();
+                return Err(e);
+            }
+        };
+        let init = Arc::new(Proc::new("", stdio.clone(), None));
+        *init.pid.lock().unwrap() = pid;
+        let ctr = Arc::new(Ctr {
+            id: req.id.clone(),
+            bundle: req.bundle.clone(),
+            rootfs: host_rootfs,
+            init: init.clone(),
+            execs: Default::default(),
+        });
+        match IoCopy::attach(&sb.uds, &req.id, "", &stdio) {
+            Ok(io) => *init.io.lock().unwrap() = Some(Arc::new(io)),
+            Err(e) => {
+                inner.remove_ctr(&ctr);
+                self.cleanup_empty_sandbox();
+                return Err(agent_err(e));
+            }
+        }
+        inner.containers.lock().unwrap().insert(req.id.clone(), ctr);
+        inner.publish(
+            TASK_CREATE_EVENT_TOPIC,
+            Box::new(TaskCreate {
+                container_id: req.id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: MessageField::some(TaskIO {
+                    stdin: req.stdin,
+                    stdout: req.stdout,
+                    stderr: req.stderr,
+                    terminal: req.terminal,
+                    ..Default::default()
+                }),
+                pid,
+                ..Default::default()
+            }),
+        );
+        Ok(api::CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn start(&self, _: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
+        let (c, p) = self.inner.proc(&req.id, &req.exec_id)?;
+        let pid = self.inner.start_proc(&c, &p)?;
+        if req.exec_id.is_empty() {
+            self.inner.publish(
+                TASK_START_EVENT_TOPIC,
+                Box::new(TaskStart {
+                    container_id: c.id.clone(),
+                    pid,
+                    ..Default::default()
+                }),
+            );
+        } else {
+            self.inner.publish(
+                TASK_EXEC_STARTED_EVENT_TOPIC,
+                Box::new(TaskExecStarted {
+                    container_id: c.id.clone(),
+                    exec_id: req.exec_id,
+                    pid,
+                    ..Default::default()
+                }),
+            );
+        }
+        Ok(api::StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    fn delete(
+        &self,
+        _: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> TtrpcResult<api::DeleteResponse> {
+        let (c, p) = self.inner.proc(&req.id, &req.exec_id)?;
+        if p.exit().is_none() && p.status() != api::Status::CREATED {
+            return Err(status(
+                Code::FAILED_PRECONDITION,
+                format!("process {} of {} is still running", req.exec_id, req.id),
+            ));
+        }
+        let exit = p.exit().unwrap_or(Exit {
+            status: 0,
+            at_ns: now_ns(),
+        });
+        if req.exec_id.is_empty() {
+            self.inner.remove_ctr(&c);
+            self.inner.containers.lock().unwrap().remove(&req.id);
+            self.inner.publish(
+                TASK_DELETE_EVENT_TOPIC,
+                Box::new(TaskDelete {
+                    container_id: c.id.clone(),
+                    pid: p.pid(),
+                    exit_status: exit.status,
+                    exited_at: MessageField::some(exit.timestamp()),
+                    id: c.id.clone(),
+                    ..Default::default()
+                }),
+            );
+        } else {
+            c.execs.lock().unwrap().remove(&req.exec_id);
+        }
+        Ok(api::DeleteResponse {
+            pid: p.pid(),
+            exit_status: exit.status,
+            exited_at: MessageField::some(exit.timestamp()),
+            ..Default::default()
+        })
+    }
+
+    fn exec(&self, _: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
+        let c = self.inner.ctr(&req.id)?;
+        if c.init.exit().is_some() {
+            return Err(status(
+                Code::FAILED_PRECONDITION,
+                format!("container {} is not running", req.id),
+            ));
+        }
+        let mut execs = c.execs.lock().unwrap();
+        if execs.contains_key(&req.exec_id) {
+            return Err(status(
+                Code::ALREADY_EXISTS,
+                format!("exec {} already exists", req.exec_id),
+            ));
+        }
+        let spec = req
+            .spec
+            .as_ref()
+            .map(|a| a.value.clone())
+            .unwrap_or_default();
+        let stdio = StdioPaths {
+            stdin: req.stdin,
+            stdout: req.stdout,
+            stderr: req.stderr,
+            terminal: req.terminal,
+        };
+        execs.insert(
+            req.exec_id.clone(),
+            Arc::new(Proc::new(&req.exec_id, stdio, Some(spec))),
+        );
+        drop(execs);
+        self.inner.publish(
+            TASK_EXEC_ADDED_EVENT_TOPIC,
+            Box::new(TaskExecAdded {
+                container_id: req.id,
+                exec_id: req.exec_id,
+                ..Default::default()
+            }),
+        );
+        Ok(api::Empty::new())
+    }
+
+    fn resize_pty(&self, _: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<api::Empty> {
+        let sb = self.inner.sandbox()?;
+        let r = ag::ResizeTtyRequest {
+            container_id: req.id,
+            exec_id: req.exec_id,
+            width: req.width,
+            height: req.height,
+            ..Default::default()
+        };
+        sb.agent
+            .call("ResizeTty", |a, ctx| a.resize_tty(ctx, &r))
+            .map_err(agent_err)?;
+        Ok(api::Empty::new())
+    }
+
+    fn close_io(&self, _: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
+        let (_, p) = self.inner.proc(&req.id, &req.exec_id)?;
+        if let Some(io) = p.io.lock().unwrap().as_ref() {
+            io.close_stdin();
+        }
+        Ok(api::Empty::new())
+    }
+
+    fn state(&self, _: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
+        let (c, p) = self.inner.proc(&req.id, &req.exec_id)?;
+        Ok(api::StateResponse {
+            id: req.id,
+            bundle: c.bundle.clone(),
+            pid: p.pid(),
+            status: p.status().into(),
+            stdin: p.stdio.stdin.clone(),
+            stdout: p.stdio.stdout.clone(),
+            stderr: p.stdio.stderr.clone(),
+            terminal: p.stdio.terminal,
+            exit_status: p.exit().map_or(0, |e| e.status),
+            exited_at: timestamp_of(&p),
+            exec_id: req.exec_id,
+            ..Default::default()
+        })
+    }
+
+    fn pids(&self, _: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
+        let sb = self.inner.sandbox()?;
+        self.inner.ctr(&req.id)?;
+        let r = ag::ListProcessesRequest {
+            container_id: req.id,
+            ..Default::default()
+        };
+        let pids = sb
+            .agent
+            .call("ListProcesses", |a, ctx| a.list_processes(ctx, &r))
+            .map_err(agent_err)?;
+        Ok(api::PidsResponse {
+            processes: pids
+                .pids
+                .into_iter()
+                .map(|pid| containerd_shim::protos::types::task::ProcessInfo {
+                    pid: pid as u32,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    fn kill(&self, _: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        let (_, p) = self.inner.proc(&req.id, &req.exec_id)?;
+        if p.exit().is_some() {
+            return Err(not_found(&format!(
+                "process {} of {} (already exited)",
+                req.exec_id, req.id
+            )));
+        }
+        let sb = self.inner.sandbox()?;
+        let r = ag::SignalProcessRequest {
+            container_id: req.id,
+            exec_id: req.exec_id,
+            signal: req.signal,
+            all: req.all,
+            ..Default::default()
+        };
+        sb.agent
+            .call("SignalProcess", |a, ctx| a.signal_process(ctx, &r))
+            .map_err(agent_err)?;
+        Ok(api::Empty::new())
+    }
+
+    fn wait(&self, _: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
+        let (_, p) = self.inner.proc(&req.id, &req.exec_id)?;
+        let exit = p.wait();
+        Ok(api::WaitResponse {
+            exit_status: exit.status,
+            exited_at: MessageField::some(exit.timestamp()),
+            ..Default::default()
+        })
+    }
+
+    fn pause(&self, _: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        let c = self.inner.ctr(&req.id)?;
+        let r = ag::PauseContainerRequest {
+            container_id: req.id.clone(),
+            ..Default::default()
+        };
+        self.inner
+            .sandbox()?
+            .agent
+            .call("PauseContainer", |a, ctx| a.pause_container(ctx, &r))
+            .map_err(agent_err)?;
+        c.init.set_status(api::Status::PAUSED);
+        self.inner.publish(
+            TASK_PAUSED_EVENT_TOPIC,
+            Box::new(TaskPaused {
+                container_id: req.id,
+                ..Default::default()
+            }),
+        );
+        Ok(api::Empty::new())
+    }
+
+    fn resume(&self, _: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
+        let c = self.inner.ctr(&req.id)?;
+        let r = ag::ResumeContainerRequest {
+            container_id: req.id.clone(),
+            ..Default::default()
+        };
+        self.inner
+            .sandbox()?
+            .agent
+            .call("ResumeContainer", |a, ctx| a.resume_container(ctx, &r))
+            .map_err(agent_err)?;
+        c.init.set_status(api::Status::RUNNING);
+        self.inner.publish(
+            TASK_RESUMED_EVENT_TOPIC,
+            Box::new(TaskResumed {
+                container_id: req.id,
+                ..Default::default()
+            }),
+        );
+        Ok(api::Empty::new())
+    }
+
+    fn stats(&self, _: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
+        self.inner.ctr(&req.id)?;
+        let r = ag::StatsContainerRequest {
+            container_id: req.id,
+            ..Default::default()
+        };
+        let s = self
+            .inner
+            .sandbox()?
+            .agent
+            .call("StatsContainer", |a, ctx| a.stats_container(ctx, &r))
+            .map_err(agent_err)?;
+        let metrics = to_metrics(&s);
+        let any = Any {
+            type_url: "io.containerd.cgroups.v2.Metrics".into(),
+            value: metrics
+                .write_to_bytes()
+                .map_err(|e| status(Code::INTERNAL, e.to_string()))?,
+            ..Default::default()
+        };
+        Ok(api::StatsResponse {
+            stats: MessageField::some(any),
+            ..Default::default()
+        })
+    }
+
+    fn update(&self, _: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<api::Empty> {
+        self.inner.ctr(&req.id)?;
+        let resources = req
+            .resources
+            .as_ref()
+            .map(|a| a.value.clone())
+            .unwrap_or_default();
+        let r = ag::UpdateContainerRequest {
+            container_id: req.id,
+            resources,
+            ..Default::default()
+        };
+        self.inner
+            .sandbox()?
+            .agent
+            .call("UpdateContainer", |a, ctx| a.update_container(ctx, &r))
+            .map_err(agent_err)?;
+        Ok(api::Empty::new())
+    }
+
+    fn checkpoint(
+        &self,
+        _: &TtrpcContext,
+        _: api::CheckpointTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
+        Err(status(
+            Code::UNIMPLEMENTED,
+            "myvm: checkpoint is not supported (the container runs in a microVM)",
+        ))
+    }
+
+    fn connect(
+        &self,
+        _: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
+        let task_pid = self.inner.ctr(&req.id).map(|c| c.init.pid()).unwrap_or(0);
+        Ok(api::ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: format!("myvm {}", env!("CARGO_PKG_VERSION")),
+            ..Default::default()
+        })
+    }
+
+    fn shutdown(&self, _: &TtrpcContext, _: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
+        if !self.inner.containers.lock().unwrap().is_empty() {
+            return Ok(api::Empty::new());
+        }
+        if let Some(sb) = self.inner.sandbox.lock().unwrap().take() {
+            sb.stop();
+        }
+        self.inner.exit.signal();
+        Ok(api::Empty::new())
+    }
+}
+
+impl Service {
+    /// After a failed first Create, the VM has no reason to stay.
+    fn cleanup_empty_sandbox(&self) {
+        if self.inner.containers.lock().unwrap().is_empty() {
+            if let Some(sb) = self.inner.sandbox.lock().unwrap().take() {
+                sb.stop();
+            }
+        }
+    }
+}
+
+fn to_metrics(s: &ag::StatsContainerResponse) -> Metrics {
+    let stat = |k: &str| s.memory.stat.get(k).copied().unwrap_or(0);
+    Metrics {
+        pids: MessageField::some(PidsStat {
+            current: s.pids.current,
+            limit: s.pids.limit,
+            ..Default::default()
+        }),
+        cpu: MessageField::some(CPUStat {
+            usage_usec: s.cpu.usage_usec,
+            user_usec: s.cpu.user_usec,
+            system_usec: s.cpu.system_usec,
+            nr_periods: s.cpu.nr_periods,
+            nr_throttled: s.cpu.nr_throttled,
+            throttled_usec: s.cpu.throttled_usec,
+            ..Default::default()
+        }),
+        memory: MessageField::some(MemoryStat {
+            anon: stat("anon"),
+            file: stat("file"),
+            kernel_stack: stat("kernel_stack"),
+            slab: stat("slab"),
+            sock: stat("sock"),
+            shmem: stat("shmem"),
+            file_mapped: stat("file_mapped"),
+            file_dirty: stat("file_dirty"),
+            inactive_anon: stat("inactive_anon"),
+            active_anon: stat("active_anon"),
+            inactive_file: stat("inactive_file"),
+            active_file: stat("active_file"),
+            unevictable: stat("unevictable"),
+            pgfault: stat("pgfault"),
+            pgmajfault: stat("pgmajfault"),
+            usage: s.memory.usage_bytes,
+            usage_limit: s.memory.limit_bytes,
+            swap_usage: s.memory.swap_usage_bytes,
+            swap_limit: s.memory.swap_limit_bytes,
+            ..Default::default()
+        }),
+        memory_events: MessageField::some(MemoryEvents {
+            oom: s.memory.oom,
+            oom_kill: s.memory.oom_kill,
+            max: s.memory.max,
+            ..Default::default()
+        }),
+        io: MessageField::some(IOStat {
+            usage: s
+                .io
+                .iter()
+                .map(|i| IOEntry {
+                    major: i.major as u64,
+                    minor: i.minor as u64,
+                    rbytes: i.rbytes,
+                    wbytes: i.wbytes,
+                    rios: i.rios,
+                    wios: i.wios,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
