@@ -87,6 +87,7 @@ impl Drop for TempDir {
     }
 }
 
+pub mod containerd;
 pub mod guest;
 
 /// Creates a minimal busybox root filesystem in `dir` (static busybox + applet links, passwd,

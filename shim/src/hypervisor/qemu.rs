@@ -39,7 +39,7 @@ impl Qemu {
         ]);
         match self.accel {
             Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
-            Accel::Tcg => push(&["-accel", "tcg,thread=multi", "-cpu", "max"]),
+            Accel::Tcg => push(&["-accel", "tcg,thread=multi,tb-size=64", "-cpu", "max"]),
         }
         push(&["-m", &mem, "-smp", &config.vcpus.to_string()]);
         push(&[

@@ -115,7 +115,7 @@ impl shim::Shim for Service {
     fn delete_shim(&mut self) -> Result<DeleteResponse, shim::Error> {
         let bundle = std::env::current_dir().unwrap_or_default();
         let sid = sandbox_id_of(&self.inner.id, &read_annotations(&bundle));
-        sandbox::cleanup_dead(&sid, &self.inner.id);
+        sandbox::cleanup_dead(&self.inner.namespace, &sid, &self.inner.id);
         let mut resp = DeleteResponse::new();
         resp.exit_status = 137;
         resp.set_exited_at(

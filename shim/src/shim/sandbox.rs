@@ -22,13 +22,14 @@ pub const GUEST_SHARED: &str = "/run/myvm/shared";
 /// virtio-fs tag of the shared directory.
 pub const SHARED_TAG: &str = "myvmfs";
 
-pub fn sandboxes_root() -> PathBuf {
-    Path::new(RUN_ROOT).join("sandboxes")
+/// Parent of the VM directories of containerd namespace `ns`.
+pub fn sandboxes_root(ns: &str) -> PathBuf {
+    Path::new(RUN_ROOT).join("sandboxes").join(ns)
 }
 
-/// Host directory shared with sandbox `id`'s guest.
-pub fn shared_dir(id: &str) -> PathBuf {
-    Path::new(RUN_ROOT).join("shared").join(id)
+/// Host directory shared with the guest of sandbox `id` in namespace `ns`.
+pub fn shared_dir(ns: &str, id: &str) -> PathBuf {
+    Path::new(RUN_ROOT).join("shared").join(ns).join(id)
 }
 
 pub struct Sandbox {
@@ -72,6 +73,7 @@ pub fn sizing(
 
 impl Sandbox {
     pub fn boot(
+        ns: &str,
         id: &str,
         config: &Config,
         annotations: &std::collections::HashMap<String, String>,
@@ -85,7 +87,9 @@ impl Sandbox {
         if let Some(i) = &config.initrd {
             assets.initrd = i.clone();
         }
-        let shared = shared_dir(id);
+        // Whatever a dead shim of the same sandbox left behind goes first.
+        cleanup_dead(ns, id, id);
+        let shared = shared_dir(ns, id);
         std::fs::create_dir_all(&shared).with_context(|| format!("mkdir {}", shared.display()))?;
         let (memory_mib, vcpus) = sizing(config, annotations);
         let opts = VmOptions {
@@ -97,7 +101,7 @@ impl Sandbox {
                 path: shared.clone(),
                 readonly: false,
             }],
-            run_root: sandboxes_root(),
+            run_root: sandboxes_root(ns),
             id: Some(id.to_string()),
             boot_timeout: Duration::from_secs(config.boot_timeout_s),
             ..Default::default()
@@ -182,8 +186,8 @@ impl Sandbox {
 
 /// Cleans up after a shim that died: unmounts rootfs left in the shared directory and removes
 /// the sandbox directories (its VM and daemons died with it through PR_SET_PDEATHSIG).
-pub fn cleanup_dead(sandbox_id: &str, container_id: &str) {
-    let shared = shared_dir(sandbox_id);
+pub fn cleanup_dead(ns: &str, sandbox_id: &str, container_id: &str) {
+    let shared = shared_dir(ns, sandbox_id);
     super::rootfs::unmount_rootfs(&shared.join(container_id).join("rootfs"));
     if sandbox_id == container_id {
         if let Ok(entries) = std::fs::read_dir(&shared) {
@@ -192,7 +196,7 @@ pub fn cleanup_dead(sandbox_id: &str, container_id: &str) {
             }
         }
         let _ = std::fs::remove_dir(&shared);
-        let vmdir = sandboxes_root().join(sandbox_id);
+        let vmdir = sandboxes_root(ns).join(sandbox_id);
         if vmdir.exists() {
             // Sockets and logs only: nothing mounted lives there.
             let _ = std::fs::remove_dir_all(&vmdir);

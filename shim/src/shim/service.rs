@@ -81,7 +81,7 @@ impl Inner {
         let annotations = read_annotations(bundle);
         let hostname = spec_hostname(bundle).unwrap_or_default();
         let sb = Arc::new(
-            Sandbox::boot(sid, &self.config, &annotations, &hostname)
+            Sandbox::boot(&self.namespace, sid, &self.config, &annotations, &hostname)
                 .map_err(|e| status(Code::UNAVAILABLE, format!("myvm: {e:#}")))?,
         );
         *guard = Some(sb.clone());

@@ -1,0 +1,159 @@
+//! A private containerd (root, state and sockets in a temp dir) with the myvm shim on its PATH
+//! and a locally built busybox image imported. Stopped, and checked for leftovers, on drop.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+};
+
+use crate::{setup, workspace, TempDir};
+
+pub struct Containerd {
+    dir: TempDir,
+    pub socket: PathBuf,
+}
+
+/// Directory holding the built `containerd-shim-myvm-v2` (the test profile's target dir).
+fn shim_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> -> target/<profile>
+    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
+}
+
+impl Containerd {
+    pub fn start() -> Containerd {
+        setup();
+        let dir = TempDir::new("myvm-containerd");
+        let shim = shim_dir().join("containerd-shim-myvm-v2");
+        assert!(
+            shim.exists(),
+            "{} missing: build the workspace (`make build`)",
+            shim.display()
+        );
+        let path = format!(
+            "{}:{}",
+            shim_dir().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let out = Command::new(workspace().join("scripts/containerd-private.sh"))
+            .args(["start"])
+            .arg(dir.path())
+            .env("PATH", &path)
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "containerd did not start");
+        let c = Containerd {
+            socket: dir.path().join("containerd.sock"),
+            dir,
+        };
+        for (name, cmd) in [
+            ("localhost/busybox:latest", r#"["sh"]"#),
+            (
+                "localhost/pause:latest",
+                r#"["/bin/sh","-c","trap 'exit 0' TERM INT; sleep 2147483647 & wait"]"#,
+            ),
+        ] {
+            let tar = c.dir.path().join("image.tar");
+            let ok = Command::new(workspace().join("scripts/mkimage.py"))
+                .args(["--name", name, "--cmd", cmd, "-o"])
+                .arg(&tar)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "mkimage {name}");
+            for ns in ["default", "k8s.io"] {
+                let o = c.ctr_ns(ns, &["images", "import", tar.to_str().unwrap()]);
+                assert!(
+                    o.status.success(),
+                    "import {name}: {}",
+                    String::from_utf8_lossy(&o.stderr)
+                );
+            }
+        }
+        c
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn ctr_ns(&self, ns: &str, args: &[&str]) -> Output {
+        Command::new("ctr")
+            .arg("-a")
+            .arg(&self.socket)
+            .args(["-n", ns])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        self.ctr_ns("default", args)
+    }
+
+    /// `ctr` with stdin from `input`.
+    pub fn ctr_stdin(&self, args: &[&str], input: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = Command::new("ctr")
+            .arg("-a")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        child.wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let _ = Command::new(workspace().join("scripts/containerd-private.sh"))
+            .arg("stop")
+            .arg(self.dir.path())
+            .status();
+        // Shims outlive containerd by design; ours must not outlive the test. Killing them
+        // takes their VMs and daemons along (PR_SET_PDEATHSIG), and removes their sockets.
+        let me = self.socket.to_string_lossy().to_string();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains("containerd-shim-myvm-v2") && cmd.contains(&me) {
+                if let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Host processes of myvm (shims, VMMs, daemons) still running.
+pub fn myvm_processes() -> std::collections::BTreeSet<String> {
+    let mut found = std::collections::BTreeSet::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if [
+            "containerd-shim-myvm-v2",
+            "qemu-system-x86_64",
+            "vhost-device-vsock",
+            "virtiofsd",
+        ]
+        .iter()
+        .any(|p| cmd.split(' ').next().is_some_and(|a| a.ends_with(p)))
+        {
+            found.insert(cmd);
+        }
+    }
+    found
+}
