@@ -4,10 +4,11 @@ SHELL := /bin/bash
 
 export MYVM_CACHE ?= /var/cache/myvm
 CARGO ?= cargo
-# Paths of the guest image and the helper daemons, for tests and the demo.
+PREFIX ?= /usr/local
+# Paths of the guest image and the helper daemons, for tests, the demo and the benchmark.
 ENV := set -a; . build/image.env; . build/tools.env; set +a;
 
-.PHONY: build deps image test unit e2e demo bench lint fmt install clean
+.PHONY: build deps image test demo bench lint fmt install clean
 
 ## deps: Debian packages + cargo-installed vhost-user daemons (cached machine-wide)
 deps: build/tools.env
@@ -23,16 +24,33 @@ image: deps
 build: deps
 	$(CARGO) build --release --locked --workspace --exclude myvm-agent
 
-## test: unit tests, then end-to-end tests that boot real microVMs
+## test: unit tests, then end-to-end tests with real microVMs, containerd and daemons
 test: image build
-	$(ENV) $(CARGO) test --release --locked --workspace --exclude myvm-agent --no-fail-fast -- --test-threads=2
 	$(CARGO) test --release --locked -p myvm-agent
+	$(ENV) $(CARGO) test --release --locked --workspace --exclude myvm-agent --no-fail-fast -- --test-threads=2
 
-## demo: boot a microVM and show what runs in it
+## demo: a private containerd runs a container in a microVM
 demo: image build
 	@echo "== myvm check"; ./target/release/myvm check
-	@echo; echo "== myvm boot (a throw-away microVM; the guest runs our kernel, not the host's $$(uname -r))"
+	@echo; echo "== myvm boot: a throw-away microVM (its kernel is ours, not the host's $$(uname -r))"
 	$(ENV) ./target/release/myvm boot --vcpus 2
+	@echo; echo "== ctr run --runtime io.containerd.myvm.v2 (private containerd)"
+	$(ENV) scripts/demo.sh
+
+## bench: start latency and memory, myvm vs runc and builtin vs QEMU, side by side
+bench: image build
+	$(ENV) scripts/bench.sh
+
+## install: binaries, guest image, default config
+install: image build
+	install -D -m 0755 target/release/myvm $(PREFIX)/bin/myvm
+	install -D -m 0755 target/release/containerd-shim-myvm-v2 $(PREFIX)/bin/containerd-shim-myvm-v2
+	install -D -m 0755 target/release/myvm-vmm $(PREFIX)/bin/myvm-vmm
+	install -D -m 0644 build/vmlinux $(PREFIX)/share/myvm/vmlinux
+	install -D -m 0644 build/initramfs.cpio $(PREFIX)/share/myvm/initramfs.cpio
+	$(ENV) install -D -m 0755 "$$MYVM_VHOST_VSOCK" $(PREFIX)/libexec/myvm/vhost-device-vsock
+	$(ENV) install -D -m 0755 "$$MYVM_VIRTIOFSD" $(PREFIX)/libexec/myvm/virtiofsd
+	test -f /etc/myvm/config.toml || install -D -m 0644 docs/config.toml /etc/myvm/config.toml
 
 lint:
 	$(CARGO) fmt --all --check

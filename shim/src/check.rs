@@ -24,7 +24,7 @@ impl HostInfo {
             hw_virt: cpu_has_hw_virt(&cpuinfo),
             kvm: Path::new("/dev/kvm").exists(),
             qemu: find_in_path("qemu-system-x86_64"),
-            builtin_vmm: None,
+            builtin_vmm: find_vmm(),
         }
     }
 
@@ -32,11 +32,12 @@ impl HostInfo {
     pub fn auto_backend(&self) -> (BackendKind, String) {
         match (self.hw_virt && self.kvm, &self.builtin_vmm) {
             (true, Some(_)) => (BackendKind::Builtin, "hardware virtualization and /dev/kvm present: the builtin VMM is the fast path".into()),
-            (true, None) => (BackendKind::Qemu, "hardware virtualization present, but the builtin VMM cannot boot guests yet: qemu with KVM".into()),
+            (true, None) => (BackendKind::Qemu, "hardware virtualization present, but myvm-vmm is not installed: qemu with KVM".into()),
             (false, _) if self.kvm => (
                 BackendKind::Qemu,
                 "/dev/kvm exists but the CPU has no vmx/svm (e.g. KVM-PVM, where an unmodified guest kernel runs \
-                 interpreted and takes minutes to boot): qemu with TCG software emulation"
+                 interpreted and does not reach /init in reasonable time): qemu with TCG software emulation; \
+                 `--backend builtin` still starts our VMM on this /dev/kvm"
                     .into(),
             ),
             (false, _) => (BackendKind::Qemu, "no hardware virtualization and no /dev/kvm: qemu with TCG software emulation".into()),
@@ -67,6 +68,23 @@ impl HostInfo {
         let _ = writeln!(s, "why:                               {why}");
         s
     }
+}
+
+/// `myvm-vmm`: `$MYVM_VMM`, next to the running binary, the install dir, or PATH.
+pub fn find_vmm() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("MYVM_VMM")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+    {
+        return Some(p);
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("myvm-vmm")));
+    beside
+        .filter(|p| p.is_file())
+        .or_else(|| Some(PathBuf::from("/usr/local/bin/myvm-vmm")).filter(|p| p.is_file()))
+        .or_else(|| find_in_path("myvm-vmm"))
 }
 
 pub fn cpu_has_hw_virt(cpuinfo: &str) -> bool {
@@ -103,7 +121,7 @@ mod tests {
             hw_virt: false,
             kvm: true,
             qemu: None,
-            builtin_vmm: None,
+            builtin_vmm: find_vmm(),
         };
         let (b, why) = h.auto_backend();
         assert_eq!(b, BackendKind::Qemu);

@@ -2,6 +2,7 @@
 //! (our own VMM, `myvm-vmm`). Both boot the same PVH `vmlinux` + initramfs and attach the same
 //! vhost-user devices (vsock, virtio-fs), so everything above this module is backend-agnostic.
 
+pub mod builtin;
 pub mod qemu;
 
 use std::{
@@ -175,9 +176,20 @@ pub fn new_backend(
             };
             Ok(Box::new(qemu::Qemu::new(qemu, accel)))
         }
-        BackendKind::Builtin => Err(HypervisorError::Unavailable(
-            kind,
-            "the builtin VMM (myvm-vmm) cannot boot guests yet; use the qemu backend".into(),
-        )),
+        BackendKind::Builtin => {
+            let vmm = host.builtin_vmm.clone().ok_or_else(|| {
+                HypervisorError::Unavailable(
+                    kind,
+                    "myvm-vmm not found (set MYVM_VMM or install it)".into(),
+                )
+            })?;
+            if !host.kvm {
+                return Err(HypervisorError::Unavailable(
+                    kind,
+                    "/dev/kvm does not exist".into(),
+                ));
+            }
+            Ok(Box::new(builtin::Builtin::new(vmm)))
+        }
     }
 }

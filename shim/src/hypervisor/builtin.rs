@@ -1,0 +1,129 @@
+//! The `builtin` backend: our own VMM, `myvm-vmm` (vmm/), attached to the same vhost-user
+//! daemons as QEMU. It appends the `virtio_mmio.device=` entries (vsock first, then the fs
+//! devices in order) and, on hosts without vmx/svm, the kernel parameters KVM-PVM needs.
+//! Exit status 0 = guest reset/power-off; 1 = runtime failure; 2 = bad configuration.
+
+use std::{
+    path::PathBuf,
+    process::{Command, ExitStatus},
+    time::Duration,
+};
+
+use super::{validate, BackendKind, Hypervisor, HypervisorError, VmConfig};
+use crate::process::Managed;
+
+pub struct Builtin {
+    binary: PathBuf,
+    process: Option<Managed>,
+}
+
+impl Builtin {
+    pub fn new(binary: PathBuf) -> Self {
+        Builtin {
+            binary,
+            process: None,
+        }
+    }
+
+    pub fn args(&self, c: &VmConfig) -> Vec<String> {
+        let mut a = vec![
+            "--kernel".into(),
+            c.kernel.display().to_string(),
+            "--initrd".into(),
+            c.initrd.display().to_string(),
+            "--cmdline".into(),
+            c.cmdline.clone(),
+            "--vcpus".into(),
+            c.vcpus.to_string(),
+            "--memory-mib".into(),
+            c.memory_mib.to_string(),
+            "--serial-log".into(),
+            c.serial_log.display().to_string(),
+            "--vsock-socket".into(),
+            c.vsock_vhost_socket.display().to_string(),
+        ];
+        for fs in &c.fs {
+            a.push("--fs".into());
+            a.push(format!("{}={}", fs.tag, fs.vhost_socket.display()));
+        }
+        a
+    }
+
+    fn process(&mut self) -> Result<&mut Managed, HypervisorError> {
+        self.process.as_mut().ok_or(HypervisorError::NotRunning)
+    }
+}
+
+impl Hypervisor for Builtin {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Builtin
+    }
+
+    fn describe(&self) -> String {
+        "builtin/kvm".into()
+    }
+
+    fn start(&mut self, config: &VmConfig) -> Result<(), HypervisorError> {
+        validate(config)?;
+        if self.process.is_some() {
+            return Err(HypervisorError::Config(
+                "this backend instance already runs a VM".into(),
+            ));
+        }
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(self.args(config));
+        let log = config.work_dir.join("myvm-vmm.log");
+        self.process = Some(Managed::spawn("myvm-vmm", cmd, Some(&log))?);
+        Ok(())
+    }
+
+    fn pids(&self) -> Vec<u32> {
+        self.process.iter().map(Managed::pid).collect()
+    }
+
+    fn sockets(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
+
+    fn try_wait(&mut self) -> Result<Option<ExitStatus>, HypervisorError> {
+        Ok(self.process()?.try_wait()?)
+    }
+
+    fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>, HypervisorError> {
+        Ok(self.process()?.wait_timeout(timeout)?)
+    }
+
+    fn stop(&mut self, grace: Duration) -> Result<ExitStatus, HypervisorError> {
+        Ok(self.process()?.terminate(grace)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hypervisor::FsDevice;
+
+    #[test]
+    fn command_line() {
+        let c = VmConfig {
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            cmdline: "console=ttyS0".into(),
+            vcpus: 2,
+            memory_mib: 128,
+            serial_log: "/d/serial.log".into(),
+            vsock_vhost_socket: "/d/v.sock".into(),
+            fs: vec![FsDevice {
+                tag: "myvmfs".into(),
+                vhost_socket: "/d/fs.sock".into(),
+            }],
+            work_dir: "/d".into(),
+        };
+        let a = Builtin::new("myvm-vmm".into()).args(&c).join(" ");
+        assert_eq!(
+            a,
+            "--kernel /k --initrd /i --cmdline console=ttyS0 --vcpus 2 --memory-mib 128 --serial-log /d/serial.log \
+             --vsock-socket /d/v.sock --fs myvmfs=/d/fs.sock"
+        );
+    }
+}
