@@ -39,7 +39,7 @@ demo: image build
 
 ## bench: start latency and memory, myvm vs runc and builtin vs QEMU, side by side
 bench: image build
-	$(ENV) scripts/bench.sh
+	$(ENV) python3 scripts/bench.py
 
 ## install: binaries, guest image, default config
 install: image build

@@ -12,7 +12,7 @@ VIRTIOFSD_VERSION=1.14.0
 
 apt_pkgs=(linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio python3 qemu-system-x86 busybox-static
           libseccomp-dev libcap-ng-dev containerd runc containernetworking-plugins pkg-config xz-utils
-          iproute2 util-linux procps)
+          iproute2 util-linux procps strace bsdutils)
 
 missing=()
 for p in "${apt_pkgs[@]}"; do

@@ -85,7 +85,7 @@ pub enum VmError {
     Hypervisor(#[from] HypervisorError),
     #[error("the guest did not become ready: {source}\n--- last lines of the serial console ({log}) ---\n{serial}")]
     Boot {
-        source: AgentError,
+        source: Box<AgentError>,
         log: PathBuf,
         serial: String,
     },
@@ -172,7 +172,7 @@ impl Vm {
 
         if let Err(source) = vm.wait_for_agent(&ready, started, opts.boot_timeout) {
             return Err(VmError::Boot {
-                source,
+                source: Box::new(source),
                 log: vm.serial_log.clone(),
                 serial: tail(&vm.serial_log, 30),
             });

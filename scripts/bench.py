@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""`make bench`: what myvm costs, measured side by side in one run, printed as a table and
+written as JSON (build/bench.json).
+
+  1. `ctr run --rm <busybox> true` wall time, myvm (qemu backend) vs runc, runs alternated
+  2. one myvm start broken down: `myvm boot` start -> agent ready, agent init
+  3. host memory per pod (PSS of shim + VMM + daemons) while a pod idles
+  4. density: K pods started at once, total time and host PSS
+  5. stdio throughput: MiB/s of a 64 MiB stream from a container to the host
+  6. builtin VMM vs QEMU on this /dev/kvm: start to first KVM_RUN and VMM RSS (vmm/examples/bench.rs)
+Env: BENCH_RUNS (default 5), BENCH_PODS (default 4).
+"""
+import json, os, statistics, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUNS = int(os.environ.get("BENCH_RUNS", "5"))
+PODS = int(os.environ.get("BENCH_PODS", "4"))
+IMAGE = "localhost/busybox:latest"
+MYVM = "io.containerd.myvm.v2"
+RUNC = "io.containerd.runc.v2"
+
+
+def sh(*args, **kw):
+    return subprocess.run(args, check=True, capture_output=True, text=True, **kw)
+
+
+def stats(xs):
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
+
+
+def pss_kib(pid):
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return sum(int(l.split()[1]) for l in f if l.startswith("Pss:"))
+    except OSError:
+        return 0
+
+
+def descendants(pid):
+    out = sh("ps", "-e", "-o", "pid=,ppid=").stdout.split()
+    kids = {}
+    for p, pp in zip(out[::2], out[1::2]):
+        kids.setdefault(int(pp), []).append(int(p))
+    todo, seen = [pid], []
+    while todo:
+        p = todo.pop()
+        seen.append(p)
+        todo += kids.get(p, [])
+    return seen
+
+
+def shims(sock):
+    out = subprocess.run(["pgrep", "-f", f"containerd-shim-myvm-v2.*{sock}"], capture_output=True, text=True)
+    return [int(p) for p in out.stdout.split()]
+
+
+def main():
+    d = tempfile.mkdtemp(prefix="myvm-bench-")
+    env = dict(os.environ, PATH=f"{ROOT}/target/release:" + os.environ["PATH"])
+    sock = sh(f"{ROOT}/scripts/containerd-private.sh", "start", d, env=env).stdout.strip()
+    ctr = ["ctr", "-a", sock]
+    res = {}
+    try:
+        sh(sys.executable, f"{ROOT}/scripts/mkimage.py", "--name", IMAGE, "-o", f"{d}/bb.tar")
+        sh(*ctr, "images", "import", f"{d}/bb.tar")
+
+        # 1. ctr run --rm, alternated
+        times = {MYVM: [], RUNC: []}
+        for i in range(RUNS):
+            for rt in (MYVM, RUNC):
+                t = time.monotonic()
+                sh(*ctr, "run", "--rm", "--null-io", "--runtime", rt, IMAGE, f"b{i}-{rt[15:19]}", "true")
+                times[rt].append(time.monotonic() - t)
+        res["ctr_run_s"] = {"myvm": stats(times[MYVM]), "runc": stats(times[RUNC])}
+
+        # 2. breakdown of one start
+        boots = [json.loads(sh(f"{ROOT}/target/release/myvm", "boot", "--json").stdout) for _ in range(min(RUNS, 3))]
+        res["boot_ms"] = {k: stats([b[k] for b in boots]) for k in ("boot_to_agent_ready_ms", "agent_init_ms", "guest_uptime_at_query_ms")}
+
+        # 3. memory of an idle pod
+        sh(*ctr, "run", "-d", "--null-io", "--runtime", MYVM, IMAGE, "idle", "sleep", "1000")
+        time.sleep(2)
+        procs = [p for s in shims(sock) for p in descendants(s)]
+        res["pod_host_pss_mib"] = sum(pss_kib(p) for p in procs) / 1024
+        sh(*ctr, "task", "kill", "-s", "KILL", "idle"); time.sleep(1)
+        subprocess.run(ctr + ["task", "rm", "idle"], capture_output=True)
+        subprocess.run(ctr + ["container", "rm", "idle"], capture_output=True)
+
+        # 4. density
+        t = time.monotonic()
+        ps = [subprocess.Popen(ctr + ["run", "-d", "--null-io", "--runtime", MYVM, IMAGE, f"pod{i}", "sleep", "1000"]) for i in range(PODS)]
+        ok = all(p.wait() == 0 for p in ps)
+        res["density"] = {"pods": PODS, "all_started": ok, "start_all_s": time.monotonic() - t}
+        time.sleep(2)
+        res["density"]["host_pss_mib"] = sum(pss_kib(p) for s in shims(sock) for p in descendants(s)) / 1024
+        for i in range(PODS):
+            subprocess.run(ctr + ["task", "kill", "-s", "KILL", f"pod{i}"], capture_output=True)
+        time.sleep(2)
+        for i in range(PODS):
+            subprocess.run(ctr + ["task", "rm", f"pod{i}"], capture_output=True)
+            subprocess.run(ctr + ["container", "rm", f"pod{i}"], capture_output=True)
+
+        # 5. stdio throughput
+        t = time.monotonic()
+        out = subprocess.run(ctr + ["run", "--rm", "--runtime", MYVM, IMAGE, "cat", "head", "-c", "67108864", "/dev/zero"],
+                             capture_output=True, check=True).stdout
+        dt = time.monotonic() - t
+        res["stdio"] = {"bytes": len(out), "seconds_incl_start": dt, "mib_s_incl_start": len(out) / 2**20 / dt}
+    finally:
+        subprocess.run([f"{ROOT}/scripts/containerd-private.sh", "stop", d])
+        for s in shims(sock):
+            subprocess.run(["kill", "-9", str(s)])
+        subprocess.run(["rm", "-rf", d])
+
+    # 6. builtin VMM vs QEMU
+    vmm = subprocess.run(["cargo", "run", "--quiet", "--release", "-p", "myvm-vmm", "--example", "bench", "--", "--runs", "2"],
+                         cwd=ROOT, capture_output=True, text=True)
+    res["vmm_vs_qemu"] = vmm.stdout.strip() or vmm.stderr.strip()[-2000:]
+
+    r = res
+    m, c = r["ctr_run_s"]["myvm"], r["ctr_run_s"]["runc"]
+    print(f"\n{'measure':48} {'median':>10} {'min':>9} {'max':>9}")
+    print(f"{'ctr run --rm true, myvm (qemu/tcg) [s]':48} {m['median']:10.3f} {m['min']:9.3f} {m['max']:9.3f}")
+    print(f"{'ctr run --rm true, runc [s]':48} {c['median']:10.3f} {c['min']:9.3f} {c['max']:9.3f}")
+    print(f"{'  ratio myvm/runc':48} {m['median'] / c['median']:10.2f}")
+    for k, v in r["boot_ms"].items():
+        print(f"{'myvm boot: ' + k:48} {v['median']:10.0f} {v['min']:9.0f} {v['max']:9.0f}")
+    print(f"{'host PSS of one idle pod (shim+VMM+daemons) [MiB]':48} {r['pod_host_pss_mib']:10.1f}")
+    dn = r["density"]
+    print(f"{f'density: {PODS} pods started at once [s]':48} {dn['start_all_s']:10.2f}   all started: {dn['all_started']}")
+    print(f"{f'density: host PSS of {PODS} pods [MiB]':48} {dn['host_pss_mib']:10.1f}")
+    print(f"{'stdio: 64 MiB container->host incl. start [MiB/s]':48} {r['stdio']['mib_s_incl_start']:10.1f}")
+    print("\nbuiltin VMM vs QEMU on this /dev/kvm:\n" + r["vmm_vs_qemu"])
+    os.makedirs(f"{ROOT}/build", exist_ok=True)
+    with open(f"{ROOT}/build/bench.json", "w") as f:
+        json.dump(res, f, indent=2)
+    print(f"\n(JSON: build/bench.json)")
+
+
+if __name__ == "__main__":
+    main()
