@@ -120,7 +120,10 @@ mod tests {
         assert_eq!(c.backend().unwrap(), Some(BackendKind::Qemu));
         assert_eq!((c.memory_mib, c.vcpus), (512, 1));
         if !Path::new(DEFAULT_PATH).exists() {
-            assert_eq!(Config::load(Path::new(DEFAULT_PATH)).unwrap(), Config::default());
+            assert_eq!(
+                Config::load(Path::new(DEFAULT_PATH)).unwrap(),
+                Config::default()
+            );
         }
     }
 
