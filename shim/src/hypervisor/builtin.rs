@@ -3,13 +3,9 @@
 //! devices in order) and, on hosts without vmx/svm, the kernel parameters KVM-PVM needs.
 //! Exit status 0 = guest reset/power-off; 1 = runtime failure; 2 = bad configuration.
 
-use std::{
-    path::PathBuf,
-    process::{Command, ExitStatus},
-    time::Duration,
-};
+use std::{path::PathBuf, process::Command};
 
-use super::{validate, BackendKind, Hypervisor, HypervisorError, VmConfig};
+use super::{spawn_vmm, BackendKind, Hypervisor, HypervisorError, VmConfig};
 use crate::process::Managed;
 
 pub struct Builtin {
@@ -48,10 +44,6 @@ impl Builtin {
         }
         a
     }
-
-    fn process(&mut self) -> Result<&mut Managed, HypervisorError> {
-        self.process.as_mut().ok_or(HypervisorError::NotRunning)
-    }
 }
 
 impl Hypervisor for Builtin {
@@ -64,37 +56,17 @@ impl Hypervisor for Builtin {
     }
 
     fn start(&mut self, config: &VmConfig) -> Result<(), HypervisorError> {
-        validate(config)?;
-        if self.process.is_some() {
-            return Err(HypervisorError::Config(
-                "this backend instance already runs a VM".into(),
-            ));
-        }
         let mut cmd = Command::new(&self.binary);
         cmd.args(self.args(config));
-        let log = config.work_dir.join("myvm-vmm.log");
-        self.process = Some(Managed::spawn("myvm-vmm", cmd, Some(&log))?);
-        Ok(())
+        spawn_vmm(&mut self.process, "myvm-vmm", cmd, config)
     }
 
-    fn pids(&self) -> Vec<u32> {
-        self.process.iter().map(Managed::pid).collect()
+    fn vmm(&self) -> Option<&Managed> {
+        self.process.as_ref()
     }
 
-    fn sockets(&self) -> Vec<PathBuf> {
-        Vec::new()
-    }
-
-    fn try_wait(&mut self) -> Result<Option<ExitStatus>, HypervisorError> {
-        Ok(self.process()?.try_wait()?)
-    }
-
-    fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>, HypervisorError> {
-        Ok(self.process()?.wait_timeout(timeout)?)
-    }
-
-    fn stop(&mut self, grace: Duration) -> Result<ExitStatus, HypervisorError> {
-        Ok(self.process()?.terminate(grace)?)
+    fn vmm_mut(&mut self) -> Option<&mut Managed> {
+        self.process.as_mut()
     }
 }
 

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use crate::process::ProcessError;
+use crate::process::{Managed, ProcessError};
 
 /// Which hypervisor backend runs a VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -105,22 +105,65 @@ pub trait Hypervisor: Send {
     fn describe(&self) -> String;
     /// Boots the VM (returns once the VMM process runs; the guest boots asynchronously).
     fn start(&mut self, config: &VmConfig) -> Result<(), HypervisorError>;
+    /// The VMM process, once started.
+    fn vmm(&self) -> Option<&Managed>;
+    fn vmm_mut(&mut self) -> Option<&mut Managed>;
+
     /// Pids of the processes the backend started (the VMM).
-    fn pids(&self) -> Vec<u32>;
+    fn pids(&self) -> Vec<u32> {
+        self.vmm().iter().map(|m| m.pid()).collect()
+    }
     /// Sockets and files the backend created (removed on stop).
-    fn sockets(&self) -> Vec<PathBuf>;
+    fn sockets(&self) -> Vec<PathBuf> {
+        Vec::new()
+    }
     /// The VMM's exit status if it has exited.
-    fn try_wait(&mut self) -> Result<Option<ExitStatus>, HypervisorError>;
+    fn try_wait(&mut self) -> Result<Option<ExitStatus>, HypervisorError> {
+        Ok(self
+            .vmm_mut()
+            .ok_or(HypervisorError::NotRunning)?
+            .try_wait()?)
+    }
     /// Waits up to `timeout` for the VMM to exit on its own (e.g. after a guest shutdown).
-    fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>, HypervisorError>;
+    fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>, HypervisorError> {
+        Ok(self
+            .vmm_mut()
+            .ok_or(HypervisorError::NotRunning)?
+            .wait_timeout(timeout)?)
+    }
     /// Stops the VM: SIGTERM to the VMM, SIGKILL after `grace`; reaps it.
-    fn stop(&mut self, grace: Duration) -> Result<ExitStatus, HypervisorError>;
+    fn stop(&mut self, grace: Duration) -> Result<ExitStatus, HypervisorError> {
+        Ok(self
+            .vmm_mut()
+            .ok_or(HypervisorError::NotRunning)?
+            .terminate(grace)?)
+    }
 }
 
 /// Most vCPUs a guest may have (the guest kernel's CONFIG_NR_CPUS).
 pub const MAX_VCPUS: u32 = 32;
 /// Least guest memory that boots the guest image with room for containers.
 pub const MIN_MEMORY_MIB: u32 = 64;
+
+/// What every backend's `start` does: check the config, refuse a second VM, spawn the VMM with
+/// its output in `<work_dir>/<name>.log`.
+pub fn spawn_vmm(
+    slot: &mut Option<Managed>,
+    name: &str,
+    cmd: std::process::Command,
+    config: &VmConfig,
+) -> Result<(), HypervisorError> {
+    validate(config)?;
+    if slot.is_some() {
+        return Err(HypervisorError::Config(
+            "this backend instance already runs a VM".into(),
+        ));
+    }
+    tracing::debug!(?cmd, "starting {name}");
+    let log = config.work_dir.join(format!("{name}.log"));
+    *slot = Some(Managed::spawn(name, cmd, Some(&log))?);
+    Ok(())
+}
 
 pub fn validate(config: &VmConfig) -> Result<(), HypervisorError> {
     validate_parts(

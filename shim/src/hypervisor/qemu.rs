@@ -4,13 +4,9 @@
 //! without ACPI a guest poweroff does not end QEMU, so the guest resets (`reboot=t`) and QEMU
 //! runs with `-no-reboot`.
 
-use std::{
-    path::PathBuf,
-    process::{Command, ExitStatus},
-    time::Duration,
-};
+use std::{path::PathBuf, process::Command};
 
-use super::{validate, Accel, BackendKind, Hypervisor, HypervisorError, VmConfig};
+use super::{spawn_vmm, Accel, BackendKind, Hypervisor, HypervisorError, VmConfig};
 use crate::process::Managed;
 
 pub struct Qemu {
@@ -72,10 +68,6 @@ impl Qemu {
         push(&["-device", "virtio-rng-device"]);
         a
     }
-
-    fn process(&mut self) -> Result<&mut Managed, HypervisorError> {
-        self.process.as_mut().ok_or(HypervisorError::NotRunning)
-    }
 }
 
 impl Hypervisor for Qemu {
@@ -88,38 +80,17 @@ impl Hypervisor for Qemu {
     }
 
     fn start(&mut self, config: &VmConfig) -> Result<(), HypervisorError> {
-        validate(config)?;
-        if self.process.is_some() {
-            return Err(HypervisorError::Config(
-                "this backend instance already runs a VM".into(),
-            ));
-        }
         let mut cmd = Command::new(&self.binary);
         cmd.args(self.args(config));
-        tracing::debug!(?cmd, "starting qemu");
-        let log = config.work_dir.join("qemu.log");
-        self.process = Some(Managed::spawn("qemu", cmd, Some(&log))?);
-        Ok(())
+        spawn_vmm(&mut self.process, "qemu", cmd, config)
     }
 
-    fn pids(&self) -> Vec<u32> {
-        self.process.iter().map(Managed::pid).collect()
+    fn vmm(&self) -> Option<&Managed> {
+        self.process.as_ref()
     }
 
-    fn sockets(&self) -> Vec<PathBuf> {
-        Vec::new()
-    }
-
-    fn try_wait(&mut self) -> Result<Option<ExitStatus>, HypervisorError> {
-        Ok(self.process()?.try_wait()?)
-    }
-
-    fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>, HypervisorError> {
-        Ok(self.process()?.wait_timeout(timeout)?)
-    }
-
-    fn stop(&mut self, grace: Duration) -> Result<ExitStatus, HypervisorError> {
-        Ok(self.process()?.terminate(grace)?)
+    fn vmm_mut(&mut self) -> Option<&mut Managed> {
+        self.process.as_mut()
     }
 }
 
