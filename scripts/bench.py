@@ -21,7 +21,10 @@ RUNC = "io.containerd.runc.v2"
 
 
 def sh(*args, **kw):
-    return subprocess.run(args, check=True, capture_output=True, text=True, **kw)
+    r = subprocess.run(args, capture_output=True, text=True, **kw)
+    if r.returncode != 0:
+        sys.exit(f"bench: {' '.join(args)} failed ({r.returncode}):\n{r.stderr}")
+    return r
 
 
 def stats(xs):
@@ -69,7 +72,7 @@ def main():
         for i in range(RUNS):
             for rt in (MYVM, RUNC):
                 t = time.monotonic()
-                sh(*ctr, "run", "--rm", "--null-io", "--runtime", rt, IMAGE, f"b{i}-{rt[15:19]}", "true")
+                sh(*ctr, "run", "--rm", "--null-io", "--runtime", rt, IMAGE, f"b{i}-{'myvm' if rt == MYVM else 'runc'}", "true")
                 times[rt].append(time.monotonic() - t)
         res["ctr_run_s"] = {"myvm": stats(times[MYVM]), "runc": stats(times[RUNC])}
 
