@@ -14,6 +14,7 @@ export PATH="$root/target/release:$PATH"
 "$root/scripts/containerd-private.sh" start "$dir" >/dev/null
 python3 "$root/scripts/mkimage.py" --name localhost/busybox:latest -o "$dir/busybox.tar"
 ctr -a "$dir/containerd.sock" images import "$dir/busybox.tar" >/dev/null
+echo "host kernel: $(uname -r)"
 set -x
 time ctr -a "$dir/containerd.sock" run --rm --runtime io.containerd.myvm.v2 localhost/busybox:latest demo \
-    sh -c 'echo "hello from a myvm microVM"; echo "guest kernel: $(uname -r)  host kernel: see above"; cat /proc/cpuinfo | grep -m1 "model name"; free -m | head -2'
+    sh -c 'echo "hello from a myvm microVM"; echo "guest kernel: $(uname -r)"; cat /proc/cpuinfo | grep -m1 "model name"; free -m | head -2'
