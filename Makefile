@@ -6,7 +6,7 @@ export MYVM_CACHE ?= /var/cache/myvm
 CARGO ?= cargo
 PREFIX ?= /usr/local
 # Paths of the guest image and the helper daemons, for tests, the demo and the benchmark.
-ENV := set -a; . build/image.env; . build/tools.env; set +a;
+ENV := set -a; . build/image.env; . build/tools.env; MYVM_VMM=$(CURDIR)/target/release/myvm-vmm; set +a;
 
 .PHONY: build deps image test demo bench lint fmt install clean
 
