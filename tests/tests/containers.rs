@@ -182,6 +182,61 @@ fn spec_fields_take_effect() {
 }
 
 #[test]
+fn devices_capability_sets_user_namespace_and_more_resources() {
+    let vm = TestVm::boot();
+
+    // default devices
+    let o = run(&vm, "devices", &sh("for d in null zero full random urandom tty; do test -c /dev/$d || echo missing $d; done; echo checked"));
+    assert_eq!(o.stdout, "checked\n", "{o:?}");
+
+    // all five capability sets, ambient included (as a non-root user)
+    let mut s = sh("grep -E '^Cap(Inh|Prm|Eff|Bnd|Amb)' /proc/self/status");
+    let one = json!(["CAP_NET_BIND_SERVICE"]);
+    s["process"]["user"] = json!({"uid": 1000, "gid": 1000});
+    s["process"]["capabilities"] = json!({"bounding": one, "effective": one, "permitted": one, "inheritable": one, "ambient": one});
+    s["process"]["noNewPrivileges"] = json!(false);
+    let o = run(&vm, "capsets", &s);
+    let sets: Vec<_> = o
+        .stdout
+        .lines()
+        .map(|l| l.split_whitespace().last().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(sets, vec!["0000000000000400"; 5], "{o:?}");
+
+    // user namespace with mappings
+    let mut s = sh("cat /proc/self/uid_map /proc/self/gid_map; id -u");
+    s["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "user"}));
+    s["linux"]["uidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    s["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
+    // sysfs may only be mounted by a user namespace that owns the network namespace, and the
+    // container shares the VM's (the pod's) network namespace, as runc with a shared netns.
+    s["mounts"].as_array_mut().unwrap().retain(|m| !m["destination"].as_str().unwrap().starts_with("/sys"));
+    let o = run(&vm, "userns", &s);
+    let words: Vec<_> = o.stdout.split_whitespace().collect();
+    assert_eq!(
+        words,
+        ["0", "100000", "65536", "0", "100000", "65536", "0"],
+        "{o:?}"
+    );
+
+    // cpuset and swap limits
+    let mut s = sh("cat /sys/fs/cgroup/cpuset.cpus /sys/fs/cgroup/memory.swap.max");
+    s["linux"]["resources"] =
+        json!({"cpu": {"cpus": "0"}, "memory": {"limit": 67108864, "swap": 134217728}});
+    let o = run(&vm, "cpuset", &s);
+    assert_eq!(
+        o.stdout.lines().collect::<Vec<_>>(),
+        ["0", "67108864"],
+        "{o:?}"
+    );
+
+    TestVm::shutdown(vm);
+}
+
+#[test]
 fn errors_are_clear_and_leave_nothing() {
     let vm = TestVm::boot();
     let err = vm
