@@ -40,6 +40,12 @@ impl TestVm {
     /// Boots a VM (qemu backend) sharing a fresh directory that holds a busybox rootfs at
     /// `rootfs/`.
     pub fn boot() -> TestVm {
+        Self::boot_with(false)
+    }
+
+    /// Like [`boot`](Self::boot); `shared_pid_namespace`: the sandbox's containers share one pid
+    /// namespace.
+    pub fn boot_with(shared_pid_namespace: bool) -> TestVm {
         setup();
         let shared = TempDir::new("myvm-shared");
         busybox_rootfs(&shared.path().join("rootfs"));
@@ -71,6 +77,7 @@ impl TestVm {
                 mount_point: SHARED.into(),
                 ..Default::default()
             }],
+            shared_pid_namespace,
             ..Default::default()
         };
         vm.agent()

@@ -213,7 +213,10 @@ fn devices_capability_sets_user_namespace_and_more_resources() {
     s["linux"]["gidMappings"] = json!([{"containerID": 0, "hostID": 100000, "size": 65536}]);
     // sysfs may only be mounted by a user namespace that owns the network namespace, and the
     // container shares the VM's (the pod's) network namespace, as runc with a shared netns.
-    s["mounts"].as_array_mut().unwrap().retain(|m| !m["destination"].as_str().unwrap().starts_with("/sys"));
+    s["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|m| !m["destination"].as_str().unwrap().starts_with("/sys"));
     let o = run(&vm, "userns", &s);
     let words: Vec<_> = o.stdout.split_whitespace().collect();
     assert_eq!(
@@ -233,6 +236,53 @@ fn devices_capability_sets_user_namespace_and_more_resources() {
         "{o:?}"
     );
 
+    TestVm::shutdown(vm);
+}
+
+#[test]
+fn propagation_io_weight_and_sandbox_pid_namespace() {
+    let vm = TestVm::boot_with(true);
+
+    // sandbox-wide pid namespace (held by the sandbox's first container, as a pod's pause
+    // container): a second container sees the first one's processes
+    vm.create("first", &sh("sleep 1000"), Default::default())
+        .unwrap();
+    vm.start("first").unwrap();
+    let o = run(&vm, "second", &sh("pidof sleep || echo none; echo $$"));
+    let lines: Vec<_> = o.stdout.lines().collect();
+    assert_ne!(
+        lines[0], "none",
+        "the first container's sleep is visible: {o:?}"
+    );
+    assert_ne!(
+        lines[1], "1",
+        "the second container is not its pid namespace's init: {o:?}"
+    );
+
+    // rootfs propagation
+    let mut s = sh("awk '$5 == \"/\"' /proc/self/mountinfo");
+    s["linux"]["rootfsPropagation"] = json!("shared");
+    let o = run(&vm, "propagation", &s);
+    assert!(o.stdout.contains("shared:"), "{o:?}");
+
+    // io weight
+    let mut s = sh("cat /sys/fs/cgroup/io.weight");
+    s["linux"]["resources"] = json!({"blockIO": {"weight": 500}});
+    let o = run(&vm, "ioweight", &s);
+    assert_eq!(
+        o.stdout, "default 4950\n",
+        "blkio 500 -> io.weight as runc converts it: {o:?}"
+    );
+
+    vm.signal("first", "", libc::SIGKILL, true).unwrap();
+    vm.wait("first", "", Duration::from_secs(30)).unwrap();
+    vm.remove("first").unwrap();
+    // Once the holder is gone, a new container gets a clear error.
+    let err = vm
+        .create("late", &sh("true"), Default::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("pid namespace"), "{err}");
     TestVm::shutdown(vm);
 }
 

@@ -202,8 +202,16 @@ pub fn resource_writes(r: &LinuxResources) -> Vec<(&'static str, String)> {
             },
         ));
     }
-    if let Some(weight) = r.block_io().as_ref().and_then(|b| b.weight()) {
-        w.push(("io.weight", format!("default {weight}")));
+    if let Some(weight) = r
+        .block_io()
+        .as_ref()
+        .and_then(|b| b.weight())
+        .filter(|w| *w > 0)
+    {
+        w.push((
+            "io.weight",
+            format!("default {}", blkio_to_io_weight(weight)),
+        ));
     }
     w
 }
@@ -217,6 +225,24 @@ pub fn shares_to_weight(shares: u64) -> u64 {
     let l = (shares.min(262_144) as f64).log2();
     let exponent = (l * l + 125.0 * l) / 612.0 - 7.0 / 34.0;
     (10f64.powf(exponent).ceil() as u64).clamp(1, 10_000)
+}
+
+/// cgroup v1 blkio weight [10, 1000] to v2 io.weight [1, 10000], as runc converts it.
+/// (libcgroups 0.7 computes this in u16 and overflows: 500 becomes 51. The agent rewrites
+/// io.weight after creating a container, see `Manager::create`.)
+pub fn blkio_to_io_weight(weight: u16) -> u64 {
+    1 + (weight.clamp(10, 1000) as u64 - 10) * 9999 / 990
+}
+
+/// Sets the container's io weight (when the kernel offers io.weight; BFQ's io.bfq.weight takes
+/// the v1 value as is, and libcgroups already wrote it).
+pub fn set_io_weight(dir: &Path, weight: u16) -> Result<()> {
+    if weight == 0 || dir.join("io.bfq.weight").exists() {
+        return Ok(());
+    }
+    let v = format!("default {}", blkio_to_io_weight(weight));
+    fs::write(dir.join("io.weight"), &v)
+        .map_err(ContainerError::io(format!("write {v:?} to io.weight")))
 }
 
 pub fn update(dir: &Path, r: &LinuxResources) -> Result<()> {
@@ -275,6 +301,6 @@ mod tests {
         assert_eq!(get("cpu.max"), Some("50000 100000"));
         assert_eq!(get("cpuset.cpus"), Some("0"));
         assert_eq!(get("pids.max"), Some("64"));
-        assert_eq!(get("io.weight"), Some("default 500"));
+        assert_eq!(get("io.weight"), Some("default 4950"));
     }
 }

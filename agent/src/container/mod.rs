@@ -168,6 +168,13 @@ impl Manager {
         } else {
             None
         };
+        if let Some(ns) = &pid_ns {
+            if !ns.exists() {
+                return Err(ContainerError::Precondition(
+                    "the sandbox shares one pid namespace, held by its first container, which has exited".into(),
+                ));
+            }
+        }
         spec::adapt(
             &mut spec,
             &spec::Adapt {
@@ -223,6 +230,17 @@ impl Manager {
         }
         let init = self.track(id, "", pid, io);
         let cgroup = cgroup::dir(&spec::cgroup_path(id));
+        let io_weight = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+            .and_then(|r| r.block_io().as_ref())
+            .and_then(|b| b.weight());
+        if let Some(w) = io_weight {
+            if let Err(e) = cgroup::set_io_weight(&cgroup, w) {
+                tracing::warn!(container = id, "io weight: {e}");
+            }
+        }
         self.lock().insert(
             id.to_string(),
             ContainerEntry {
