@@ -88,6 +88,17 @@ impl Containerd {
             .unwrap()
     }
 
+    /// `ctr ARGS` inside script(1), so ctr has a pty (for `-t`).
+    pub fn ctr_in_pty(&self, args: &str) -> Output {
+        Command::new("script")
+            .arg("-qec")
+            .arg(format!("ctr -a {} {args}", self.socket.display()))
+            .arg("/dev/null")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
     pub fn ctr(&self, args: &[&str]) -> Output {
         self.ctr_ns("default", args)
     }
@@ -129,6 +140,15 @@ impl Drop for Containerd {
                         nix::unistd::Pid::from_raw(pid),
                         nix::sys::signal::Signal::SIGKILL,
                     );
+                }
+                // Its socket is in containerd's shared /run/containerd/s: remove it too.
+                let mut args = cmd.split(' ');
+                while let Some(a) = args.next() {
+                    if a == "-socket" {
+                        if let Some(path) = args.next().and_then(|v| v.strip_prefix("unix://")) {
+                            let _ = std::fs::remove_file(path);
+                        }
+                    }
                 }
             }
         }

@@ -33,6 +33,12 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 #[test]
 fn ctr_run_exec_and_lifecycle() {
     let before = myvm_processes();
+    let shim_sockets = || -> std::collections::BTreeSet<_> {
+        std::fs::read_dir("/run/containerd/s")
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    let sockets_before = shim_sockets();
     let c = Containerd::start();
     let mut events = Command::new("ctr")
         .arg("-a")
@@ -83,16 +89,7 @@ fn ctr_run_exec_and_lifecycle() {
     );
 
     // tty, through script(1) for a pty on our side
-    let o = Command::new("script")
-        .args(["-qec"])
-        .arg(format!(
-            "ctr -a {} run --rm -t --runtime {RT} {IMAGE} tty tty",
-            c.socket.display()
-        ))
-        .arg("/dev/null")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let o = c.ctr_in_pty(&format!("run --rm -t --runtime {RT} {IMAGE} tty tty"));
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("/dev/pts/0"),
         "{}",
@@ -132,16 +129,7 @@ fn ctr_run_exec_and_lifecycle() {
         "{}",
         text(&o)
     );
-    let o = Command::new("script")
-        .args(["-qec"])
-        .arg(format!(
-            "ctr -a {} task exec --exec-id e2 -t svc tty",
-            c.socket.display()
-        ))
-        .arg("/dev/null")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let o = c.ctr_in_pty("task exec --exec-id e2 -t svc tty");
     assert!(
         String::from_utf8_lossy(&o.stdout).contains("/dev/pts/"),
         "{}",
@@ -210,6 +198,10 @@ fn ctr_run_exec_and_lifecycle() {
     wait_until("myvm processes to exit", Duration::from_secs(15), || {
         myvm_processes() == before
     });
+    assert!(
+        shim_sockets().is_subset(&sockets_before),
+        "shim sockets left in /run/containerd/s"
+    );
     assert!(std::fs::read_dir("/run/myvm/sandboxes/default").map_or(true, |d| d.count() == 0));
     assert!(!std::fs::read_to_string("/proc/self/mounts")
         .unwrap()

@@ -52,6 +52,8 @@ pub fn read_annotations(bundle: &Path) -> HashMap<String, String> {
 pub struct Inner {
     pub namespace: String,
     pub id: String,
+    /// Our ttrpc socket (`unix:///run/containerd/s/<hash>`), removed when the shim shuts down.
+    pub socket: String,
     pub exit: Arc<ExitSignal>,
     pub publisher: Mutex<Option<RemotePublisher>>,
     pub sandbox: Mutex<Option<Arc<Sandbox>>>,
@@ -96,6 +98,7 @@ impl shim::Shim for Service {
             inner: Arc::new(Inner {
                 namespace: args.namespace.clone(),
                 id: args.id.clone(),
+                socket: args.socket.clone(),
                 exit: Arc::new(ExitSignal::default()),
                 publisher: Mutex::new(None),
                 sandbox: Mutex::new(None),

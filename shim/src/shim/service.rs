@@ -681,6 +681,11 @@ impl Task for Service {
         if let Some(sb) = self.inner.sandbox.lock().unwrap().take() {
             sb.stop();
         }
+        // The library removes the socket only if it can still read the bundle's `address` file,
+        // which containerd may already have deleted: remove it here (the listener stays open).
+        if let Some(path) = self.inner.socket.strip_prefix("unix://") {
+            let _ = std::fs::remove_file(path);
+        }
         self.inner.exit.signal();
         Ok(api::Empty::new())
     }
