@@ -193,8 +193,10 @@ impl MmioTransport {
             self.reset();
             return;
         }
-        // The driver may only add bits (FAILED aside).
-        if v & self.status != self.status && v & FAILED == 0 {
+        // The driver may only add bits, FAILED included (virtio 1.2, 2.1.2: it reads the status
+        // and writes it back with the new bit). Dropping bits would let it stop a running device
+        // without a reset, rewrite its queues and features, and activate it a second time.
+        if v & self.status != self.status {
             tracing::warn!(
                 "virtio-mmio: status {:#x} -> {v:#x} drops bits; ignored",
                 self.status
@@ -213,7 +215,8 @@ impl MmioTransport {
             return;
         }
         self.status = v;
-        if new & DRIVER_OK != 0 && self.status & FEATURES_OK != 0 {
+        if new & DRIVER_OK != 0 && self.status & FEATURES_OK != 0 && self.status & FAILED == 0 {
+            debug_assert!(!self.activated, "DRIVER_OK is only added once per reset");
             self.activate();
         }
     }

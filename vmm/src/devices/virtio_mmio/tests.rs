@@ -242,3 +242,42 @@ fn invalid_queue_or_failed_activation_needs_reset() {
     assert!(!t.is_activated());
     assert_ne!(r(&mut t, reg::STATUS) & status::DEVICE_NEEDS_RESET, 0);
 }
+
+/// Found by the `virtio_mmio` fuzz target: writing FAILED used to be allowed to drop the other
+/// bits, leaving the device running while the driver could rewrite queues and features and
+/// then set DRIVER_OK again, activating the device a second time without a reset.
+#[test]
+fn failed_neither_drops_bits_nor_reactivates() {
+    let (mut t, seen, _) = setup(false);
+    negotiate(&mut t, 0, 1);
+    setup_queue(&mut t, 0, 0x10_0000);
+    w(&mut t, reg::STATUS, 0xf);
+    assert!(t.is_activated());
+    w(&mut t, reg::STATUS, status::FAILED);
+    assert_eq!(
+        r(&mut t, reg::STATUS),
+        0xf,
+        "FAILED alone drops bits: ignored"
+    );
+    // Queue registers stay read-only while the device runs.
+    w(&mut t, reg::QUEUE_SEL, 0);
+    w(&mut t, reg::QUEUE_DESC_LOW, 0x30_0000);
+    w(&mut t, reg::STATUS, 0xf | status::FAILED);
+    assert_eq!(r(&mut t, reg::STATUS), 0xf | status::FAILED);
+    assert!(t.is_activated());
+    assert_eq!(
+        seen.lock().unwrap().activated.as_ref().unwrap().1[0].desc,
+        0x10_0000
+    );
+    assert_eq!(seen.lock().unwrap().resets, 0);
+    // A driver that gave up (FAILED) before DRIVER_OK does not start the device.
+    w(&mut t, reg::STATUS, 0);
+    assert_eq!(seen.lock().unwrap().resets, 1);
+    seen.lock().unwrap().activated = None;
+    negotiate(&mut t, 0, 1);
+    setup_queue(&mut t, 0, 0x10_0000);
+    w(&mut t, reg::STATUS, 0xb | status::FAILED);
+    w(&mut t, reg::STATUS, 0xf | status::FAILED);
+    assert!(!t.is_activated());
+    assert!(seen.lock().unwrap().activated.is_none());
+}
