@@ -53,6 +53,11 @@ pub fn handshake(
     timeout: Duration,
 ) -> Result<UnixStream, HybridVsockError> {
     let io_err = |source| HybridVsockError::Io { port, source };
+    // A caller whose deadline has just passed asks for no time at all (and a zero socket timeout
+    // is an error to the OS): that is a timeout, which callers retry or report as such.
+    if timeout.is_zero() {
+        return Err(HybridVsockError::Timeout { port, timeout });
+    }
     let deadline = Instant::now() + timeout;
     stream.set_write_timeout(Some(timeout)).map_err(io_err)?;
     stream
@@ -222,6 +227,16 @@ mod tests {
         assert!(matches!(err, HybridVsockError::Timeout { .. }), "{err}");
         assert!(t.elapsed() < Duration::from_millis(450));
         h.join().unwrap();
+    }
+
+    /// Found by the `hybrid_vsock` fuzz target: a zero timeout was an I/O error ("cannot set a
+    /// 0 duration timeout"), which `AgentClient::wait_ready` gives up on instead of timing out.
+    #[test]
+    fn zero_timeout_is_a_timeout() {
+        let (host, _peer) = UnixStream::pair().unwrap();
+        let err = handshake(host, 1024, Duration::ZERO).unwrap_err();
+        assert!(matches!(err, HybridVsockError::Timeout { .. }), "{err}");
+        assert!(err.is_transient());
     }
 
     #[test]
