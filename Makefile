@@ -8,7 +8,7 @@ PREFIX ?= /usr/local
 # Paths of the guest image and the helper daemons, for tests, the demo and the benchmark.
 ENV := set -a; . build/image.env; . build/tools.env; MYVM_VMM=$(CURDIR)/target/release/myvm-vmm; set +a;
 
-.PHONY: build deps image test demo bench lint fmt install clean
+.PHONY: build deps image test demo bench lint fmt install clean fuzz
 
 ## deps: Debian packages + cargo-installed vhost-user daemons (cached machine-wide)
 deps: build/tools.env
@@ -51,6 +51,10 @@ install: image build
 	$(ENV) install -D -m 0755 "$$MYVM_VHOST_VSOCK" $(PREFIX)/libexec/myvm/vhost-device-vsock
 	$(ENV) install -D -m 0755 "$$MYVM_VIRTIOFSD" $(PREFIX)/libexec/myvm/virtiofsd
 	test -f /etc/myvm/config.toml || install -D -m 0644 docs/config.toml /etc/myvm/config.toml
+
+## fuzz: libFuzzer targets (cargo-fuzz): regression inputs and seeds, then FUZZ_SECONDS (60) each
+fuzz:
+	scripts/fuzz.sh
 
 lint:
 	$(CARGO) fmt --all --check

@@ -4,15 +4,20 @@
 #  - the vhost-user daemons vhost-device-vsock and virtiofsd, cargo-installed into a machine-wide
 #    cache keyed by crate + version (MYVM_CACHE, default /var/cache/myvm)
 # Prints nothing on stdout but `KEY=path` lines for the Makefile (tools.env) when asked with --env.
+# Optional, only for `make fuzz`: `deps.sh --cargo-fuzz` installs just cargo-fuzz (same cache, no
+# Debian packages) and prints its path.
 set -euo pipefail
 
 cache=${MYVM_CACHE:-/var/cache/myvm}
 VSOCK_VERSION=0.3.0
 VIRTIOFSD_VERSION=1.14.0
+CARGO_FUZZ_VERSION=0.13.2
 
 apt_pkgs=(linux-source-6.1 flex bison bc libelf-dev libssl-dev cpio python3 qemu-system-x86 busybox-static
           libseccomp-dev libcap-ng-dev containerd runc containernetworking-plugins pkg-config xz-utils
           iproute2 util-linux procps strace bsdutils)
+# `--cargo-fuzz` needs none of them (libFuzzer only needs the C++ compiler the build already has).
+[ "${1:-}" = "--cargo-fuzz" ] && apt_pkgs=()
 
 missing=()
 for p in "${apt_pkgs[@]}"; do
@@ -42,6 +47,10 @@ cargo_tool() {
 }
 
 mkdir -p "$cache/tools"
+if [ "${1:-}" = "--cargo-fuzz" ]; then
+    cargo_tool cargo-fuzz "$CARGO_FUZZ_VERSION" cargo-fuzz
+    exit 0
+fi
 vsock=$(cargo_tool vhost-device-vsock "$VSOCK_VERSION" vhost-device-vsock)
 virtiofsd=$(cargo_tool virtiofsd "$VIRTIOFSD_VERSION" virtiofsd)
 
