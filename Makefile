@@ -27,7 +27,9 @@ build: deps
 ## test: unit tests, then end-to-end tests with real microVMs, containerd and daemons
 test: image build
 	$(CARGO) test --release --locked -p myvm-agent
-	$(ENV) $(CARGO) test --release --locked --workspace --exclude myvm-agent --no-fail-fast -- --test-threads=2
+	@scripts/leftovers.sh snapshot build/leftovers.before
+	$(ENV) $(CARGO) test --release --locked --workspace --exclude myvm-agent --no-fail-fast -- --test-threads=2; \
+	  rc=$$?; scripts/leftovers.sh check build/leftovers.before || rc=1; exit $$rc
 
 ## demo: a private containerd runs a container in a microVM
 demo: image build

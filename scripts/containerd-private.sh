@@ -8,6 +8,34 @@ cmd=$1 dir=$2
 case "$cmd" in
 start)
     mkdir -p "$dir/root" "$dir/state" "$dir/cni"
+    # A pod network private to this containerd: its own bridge, subnet and IPAM store, all on
+    # this machine (no masquerading, no route off the host). Picked from DIR so that several
+    # private containerds can run side by side.
+    h=$(printf '%s' "$dir" | cksum | cut -d' ' -f1)
+    bridge="myvm$(printf '%x' $((h % 0xfffff)))"
+    subnet="10.250.$((h % 250)).0/24"
+    echo "$bridge" > "$dir/cni-bridge"
+    cat > "$dir/cni/10-myvm.conflist" <<JSON
+{
+  "cniVersion": "1.0.0",
+  "name": "myvm-$bridge",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "$bridge",
+      "isGateway": true,
+      "ipMasq": false,
+      "hairpinMode": true,
+      "ipam": {
+        "type": "host-local",
+        "dataDir": "$dir/cni-ipam",
+        "ranges": [[{"subnet": "$subnet"}]],
+        "routes": [{"dst": "0.0.0.0/0"}]
+      }
+    }
+  ]
+}
+JSON
     cat > "$dir/config.toml" <<TOML
 version = 2
 root = "$dir/root"
@@ -49,6 +77,9 @@ stop)
         for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -9 "$pid" 2>/dev/null || true
         rm -f "$dir/containerd.pid"
+    fi
+    if [ -f "$dir/cni-bridge" ]; then
+        ip link del "$(cat "$dir/cni-bridge")" 2>/dev/null || true
     fi
     # containerd leaves its root mounted in places (shm, sandboxes): unmount what is below DIR.
     grep -o " $dir/[^ ]*" /proc/self/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done

@@ -61,6 +61,29 @@ pub enum ConfigError {
     Invalid { path: PathBuf, msg: String },
 }
 
+/// containerd's `runtimeoptions.v1.Options` (what CRI sends for a runtime's `options` table and
+/// `ctr run --runtime-config-path`): `type_url = 1`, `config_path = 2`.
+pub const RUNTIME_OPTIONS_TYPE: &str = "runtimeoptions.v1.Options";
+
+/// The `ConfigPath` of a task's runtime options, if they are containerd's runtime options and
+/// name one. Malformed options are an error, not a silent default.
+pub fn config_path_from_options(type_url: &str, value: &[u8]) -> Result<Option<PathBuf>, String> {
+    if type_url.trim_start_matches('/').rsplit('/').next() != Some(RUNTIME_OPTIONS_TYPE) {
+        return Ok(None);
+    }
+    let mut input = protobuf::CodedInputStream::from_bytes(value);
+    let mut path = None;
+    let bad = |e: protobuf::Error| format!("malformed {RUNTIME_OPTIONS_TYPE}: {e}");
+    while let Some(tag) = input.read_raw_tag_or_eof().map_err(bad)? {
+        if tag == (2 << 3 | 2) {
+            path = Some(input.read_string().map_err(bad)?);
+        } else {
+            protobuf::rt::skip_field_for_tag(tag, &mut input).map_err(bad)?;
+        }
+    }
+    Ok(path.filter(|p| !p.is_empty()).map(PathBuf::from))
+}
+
 impl Config {
     /// Loads `path`; a missing file at the default path means the defaults.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -141,5 +164,28 @@ mod tests {
             Config::load(Path::new("/nonexistent/x.toml")),
             Err(ConfigError::Read { .. })
         ));
+    }
+
+    #[test]
+    fn config_path_comes_from_containerds_runtime_options() {
+        // type_url = "x" (field 1), config_path = "/etc/myvm/b.toml" (field 2).
+        let mut v = vec![0x0a, 1, b'x', 0x12, 16];
+        v.extend_from_slice(b"/etc/myvm/b.toml");
+        let t = "type.googleapis.com/runtimeoptions.v1.Options";
+        assert_eq!(
+            config_path_from_options(t, &v),
+            Ok(Some(PathBuf::from("/etc/myvm/b.toml")))
+        );
+        assert_eq!(
+            config_path_from_options("runtimeoptions.v1.Options", &[]),
+            Ok(None)
+        );
+        // Another runtime's options are not ours to read.
+        assert_eq!(
+            config_path_from_options("containerd.runc.v1.Options", &v),
+            Ok(None)
+        );
+        let err = config_path_from_options(t, &[0x12, 40, b'/']).unwrap_err();
+        assert!(err.contains("malformed"), "{err}");
     }
 }

@@ -79,6 +79,8 @@ pub enum VmError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("the VM directory {0} is too long for the VM's Unix sockets (108 bytes with their names); use a shorter run root or VM id")]
+    DirTooLong(PathBuf),
     #[error(transparent)]
     Daemon(#[from] DaemonError),
     #[error(transparent)]
@@ -115,6 +117,10 @@ impl Vm {
         let hv = hypervisor::new_backend(backend, host)?;
         let id = opts.id.clone().unwrap_or_else(new_id);
         let dir = opts.run_root.join(&id);
+        // Room for the longest socket name below it (`vsock.vhost.sock`, `vsock.sock_<port>`).
+        if dir.as_os_str().len() + 24 > 107 {
+            return Err(VmError::DirTooLong(dir));
+        }
         create_private_dir(&dir)?;
         // From here on, `Guard` removes the directory if we fail before `Vm` exists.
         let guard = DirGuard(dir.clone());

@@ -128,26 +128,17 @@ impl Drop for Containerd {
             .status();
         // Shims outlive containerd by design; ours must not outlive the test. Killing them
         // takes their VMs and daemons along (PR_SET_PDEATHSIG), and removes their sockets.
-        let me = self.socket.to_string_lossy().to_string();
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-                continue;
-            };
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains("containerd-shim-myvm-v2") && cmd.contains(&me) {
-                if let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-                // Its socket is in containerd's shared /run/containerd/s: remove it too.
-                let mut args = cmd.split(' ');
-                while let Some(a) = args.next() {
-                    if a == "-socket" {
-                        if let Some(path) = args.next().and_then(|v| v.strip_prefix("unix://")) {
-                            let _ = std::fs::remove_file(path);
-                        }
+        for (pid, cmd) in self.shims() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            // Its socket is in containerd's shared /run/containerd/s: remove it too.
+            let mut args = cmd.split(' ');
+            while let Some(a) = args.next() {
+                if a == "-socket" {
+                    if let Some(path) = args.next().and_then(|v| v.strip_prefix("unix://")) {
+                        let _ = std::fs::remove_file(path);
                     }
                 }
             }
@@ -155,25 +146,74 @@ impl Drop for Containerd {
     }
 }
 
-/// Host processes of myvm (shims, VMMs, daemons) still running.
-pub fn myvm_processes() -> std::collections::BTreeSet<String> {
-    let mut found = std::collections::BTreeSet::new();
+/// Running processes as (pid, parent pid, command line with spaces).
+fn processes() -> Vec<(u32, u32, String)> {
+    let mut found = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
         let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
             continue;
         };
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if [
-            "containerd-shim-myvm-v2",
-            "qemu-system-x86_64",
-            "vhost-device-vsock",
-            "virtiofsd",
-        ]
-        .iter()
-        .any(|p| cmd.split(' ').next().is_some_and(|a| a.ends_with(p)))
-        {
-            found.insert(cmd);
-        }
+        let ppid = std::fs::read_to_string(e.path().join("stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit(')')
+                    .next()?
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0);
+        found.push((pid, ppid, String::from_utf8_lossy(&cmd).replace('\0', " ")));
     }
     found
+}
+
+impl Containerd {
+    /// This containerd's myvm shims: (pid, command line).
+    pub fn shims(&self) -> Vec<(u32, String)> {
+        let me = self.socket.to_string_lossy().to_string();
+        processes()
+            .into_iter()
+            .filter(|(_, _, cmd)| cmd.contains("containerd-shim-myvm-v2") && cmd.contains(&me))
+            .map(|(pid, _, cmd)| (pid, cmd))
+            .collect()
+    }
+
+    /// The VMs (QEMU or myvm-vmm processes) this containerd's shims run.
+    pub fn vm_pids(&self) -> Vec<u32> {
+        let shims: Vec<u32> = self.shims().into_iter().map(|(p, _)| p).collect();
+        processes()
+            .into_iter()
+            .filter(|(_, ppid, cmd)| {
+                shims.contains(ppid)
+                    && cmd.split(' ').next().is_some_and(|a| {
+                        a.ends_with("qemu-system-x86_64") || a.ends_with("myvm-vmm")
+                    })
+            })
+            .map(|(pid, _, _)| pid)
+            .collect()
+    }
+}
+
+/// Host processes of myvm (shims, VMMs, daemons) still running.
+pub fn myvm_processes() -> std::collections::BTreeSet<String> {
+    const NAMES: [&str; 5] = [
+        "containerd-shim-myvm-v2",
+        "qemu-system-x86_64",
+        "myvm-vmm",
+        "vhost-device-vsock",
+        "virtiofsd",
+    ];
+    processes()
+        .into_iter()
+        .map(|(_, _, cmd)| cmd)
+        .filter(|cmd| {
+            let exe = cmd.split(' ').next().unwrap_or("");
+            NAMES.iter().any(|n| exe.ends_with(n))
+        })
+        .collect()
 }

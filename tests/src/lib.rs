@@ -61,6 +61,15 @@ pub fn pid_alive(pid: u32) -> bool {
     }
 }
 
+/// Polls `f` every 100 ms until it is true; panics naming `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: std::time::Duration, mut f: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !f() {
+        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// A private temporary directory removed on drop.
 pub struct TempDir(PathBuf);
 
@@ -88,6 +97,7 @@ impl Drop for TempDir {
 }
 
 pub mod containerd;
+pub mod cri;
 pub mod guest;
 
 /// Creates a minimal busybox root filesystem in `dir` (static busybox + applet links, passwd,

@@ -25,3 +25,26 @@ pub const STDIO_VSOCK_PORT: u32 = 1026;
 
 /// Version of the agent API (bumped on incompatible changes to the .proto).
 pub const API_VERSION: u32 = 1;
+
+/// Copies `from` to `to` until EOF with a plain read/write loop, for the stdio streams on both
+/// sides. Not `std::io::copy`: between a socket and a pipe it uses splice(2), which sleeps
+/// holding the pipe's lock while it waits for the socket; whoever closes the other end of that
+/// pipe meanwhile (a container process exiting, `ctr` detaching) blocks in uninterruptible
+/// sleep until data arrives.
+pub fn copy_stream(
+    from: &mut impl std::io::Read,
+    to: &mut impl std::io::Write,
+) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0;
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+        total += n as u64;
+    }
+}

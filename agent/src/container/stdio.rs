@@ -7,7 +7,7 @@
 
 use std::{
     fs::File,
-    io::{self, Read, Write},
+    io::{self, Read},
     os::{
         fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
         unix::net::{UnixListener, UnixStream},
@@ -292,8 +292,10 @@ pub fn read_header(conn: &mut impl Read) -> std::result::Result<Header, String> 
 /// its side; for output, the host sees EOF after the last byte.
 pub fn pump(stream: Stream, mut end: File, mut conn: File) {
     let result = match stream {
-        Stream::Stdin => copy(&mut conn, &mut end),
-        Stream::Stdout | Stream::Stderr => copy(&mut end, &mut conn),
+        Stream::Stdin => myvm_protocol::copy_stream(&mut conn, &mut end).map(drop),
+        Stream::Stdout | Stream::Stderr => {
+            myvm_protocol::copy_stream(&mut end, &mut conn).map(drop)
+        }
     };
     if let Err(e) = result {
         // EIO on a pty master means the terminal's last holder exited: a normal end.
@@ -303,23 +305,6 @@ pub fn pump(stream: Stream, mut end: File, mut conn: File) {
     }
     if stream != Stream::Stdin {
         let _ = nix::sys::socket::shutdown(conn.as_raw_fd(), nix::sys::socket::Shutdown::Both);
-    }
-}
-
-/// A plain read/write loop. Not `io::copy`: between a socket and a pipe it uses splice(2), which
-/// sleeps holding the pipe's lock while waiting for the socket; a container process closing its
-/// end of that pipe at exit then blocks forever in uninterruptible sleep (and with it, as the
-/// init of its pid namespace, the whole container).
-fn copy(from: &mut File, to: &mut File) -> io::Result<()> {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match from.read(&mut buf) {
-            Ok(0) => return Ok(()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        to.write_all(&buf[..n])?;
     }
 }
 

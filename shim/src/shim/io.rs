@@ -11,6 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use myvm_protocol::copy_stream;
+
 use crate::agent_client::{open_stdio, AgentError, StdioStream};
 
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -62,9 +64,15 @@ impl IoCopy {
             if path.is_empty() || (paths.terminal && stream == StdioStream::Stderr) {
                 continue;
             }
+            let fifo = open_output(path).map_err(|e| AgentError::Stdio {
+                container: container.into(),
+                exec: exec.into(),
+                stream: stream.as_str(),
+                reason: format!("opening {path}: {e}"),
+            })?;
             let conn = open(stream)?;
             let path = path.clone();
-            outputs.push(std::thread::spawn(move || copy_out(conn, &path)));
+            outputs.push(std::thread::spawn(move || copy_out(conn, fifo, &path)));
         }
         if !paths.stdin.is_empty() {
             let conn = open(StdioStream::Stdin)?;
@@ -108,27 +116,68 @@ impl IoCopy {
     }
 }
 
-fn open_fifo_write(path: &str) -> io::Result<File> {
-    File::options().write(true).open(path)
+/// Opens an output FIFO for writing without waiting for its reader: read-write never blocks,
+/// and keeping a read end ourselves (as runc's shim does) means the reader (`ctr`, which may
+/// detach and exit) can come and go without the stream failing. Opened before Create returns,
+/// so a client's blocking open of the read end always finds its writer.
+fn open_output(path: &str) -> io::Result<File> {
+    File::options().read(true).write(true).open(path)
 }
 
-fn copy_out(mut conn: UnixStream, path: &str) {
-    let result = open_fifo_write(path).and_then(|mut f| io::copy(&mut conn, &mut f));
-    if let Err(e) = result {
+fn copy_out(mut conn: UnixStream, mut fifo: File, path: &str) {
+    if let Err(e) = copy_stream(&mut conn, &mut fifo) {
         tracing::warn!("copying output to {path}: {e}");
         // Drain, so the process never blocks on a stream nobody reads.
-        let _ = io::copy(&mut conn, &mut io::sink());
+        let _ = copy_stream(&mut conn, &mut io::sink());
     }
 }
 
+/// Copies the stdin FIFO to the agent. The FIFO is opened without blocking (a blocking open
+/// would wait forever for a client that never writes), then polled: the kernel reports no
+/// hang-up until a writer has come, so EOF means a writer came and went.
 fn copy_in(path: &str, mut conn: UnixStream) {
-    match File::open(path) {
-        Ok(mut f) => {
-            if let Err(e) = io::copy(&mut f, &mut conn) {
+    use std::os::fd::AsFd;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut f = match File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!("opening stdin {path}: {e}");
+            let _ = conn.shutdown(Shutdown::Write);
+            return;
+        }
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let mut fds = [PollFd::new(f.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                tracing::debug!("stdin from {path}: poll: {e}");
+                break;
+            }
+            Ok(_) => {}
+        }
+        match io::Read::read(&mut f, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if let Err(e) = io::Write::write_all(&mut conn, &buf[..n]) {
+                    tracing::debug!("stdin from {path}: {e}");
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
                 tracing::debug!("stdin from {path}: {e}");
+                break;
             }
         }
-        Err(e) => tracing::warn!("opening stdin {path}: {e}"),
     }
     let _ = conn.shutdown(Shutdown::Write);
 }

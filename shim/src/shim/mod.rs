@@ -4,6 +4,8 @@
 //! its own sandbox.
 
 pub mod io;
+pub mod metrics;
+pub mod mounts;
 pub mod rootfs;
 pub mod sandbox;
 mod service;
@@ -58,7 +60,9 @@ pub struct Inner {
     pub publisher: Mutex<Option<RemotePublisher>>,
     pub sandbox: Mutex<Option<Arc<Sandbox>>>,
     pub containers: Mutex<HashMap<String, Arc<Ctr>>>,
-    pub config: Config,
+    /// The configuration from MYVM_CONFIG or the default path, or why it could not be loaded
+    /// (reported by Create unless the task's runtime options name another file).
+    pub config: Result<Config, String>,
 }
 
 impl Inner {
@@ -89,11 +93,10 @@ impl shim::Shim for Service {
         // We wait for our own children (QEMU, daemons); the library's reaper would steal them.
         config.no_reaper = true;
         config.no_sub_reaper = true;
-        let cfg = Config::load(&config_path()).unwrap_or_else(|e| {
-            eprintln!("myvm shim: {e}; using defaults");
-            Config::default()
-        });
-        config.default_log_level = cfg.log_level.clone();
+        let cfg = Config::load(&config_path()).map_err(|e| e.to_string());
+        if let Ok(c) = &cfg {
+            config.default_log_level = c.log_level.clone();
+        }
         Service {
             inner: Arc::new(Inner {
                 namespace: args.namespace.clone(),

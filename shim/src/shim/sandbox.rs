@@ -27,6 +27,20 @@ pub fn sandboxes_root(ns: &str) -> PathBuf {
     Path::new(RUN_ROOT).join("sandboxes").join(ns)
 }
 
+/// Name of sandbox `id`'s VM directory. CRI ids are 64 hex digits, too long for the VM's
+/// Unix sockets (108 bytes in all), so long ids are shortened, keeping a hash of the whole.
+pub fn vm_dir_name(id: &str) -> String {
+    if id.len() <= 32 {
+        return id.to_string();
+    }
+    // FNV-1a: stable across builds (the next shim must find a dead one's directory).
+    let hash = id.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    });
+    let prefix: String = id.chars().take(16).collect();
+    format!("{prefix}-{hash:016x}")
+}
+
 /// Host directory shared with the guest of sandbox `id` in namespace `ns`.
 pub fn shared_dir(ns: &str, id: &str) -> PathBuf {
     Path::new(RUN_ROOT).join("shared").join(ns).join(id)
@@ -102,7 +116,7 @@ impl Sandbox {
                 readonly: false,
             }],
             run_root: sandboxes_root(ns),
-            id: Some(id.to_string()),
+            id: Some(vm_dir_name(id)),
             boot_timeout: Duration::from_secs(config.boot_timeout_s),
             ..Default::default()
         };
@@ -143,12 +157,22 @@ impl Sandbox {
         })
     }
 
+    /// The container's directory in the shared directory, as the host sees it.
+    pub fn host_dir(&self, container_id: &str) -> PathBuf {
+        self.shared.join(container_id)
+    }
+
     pub fn host_rootfs(&self, container_id: &str) -> PathBuf {
-        self.shared.join(container_id).join("rootfs")
+        self.host_dir(container_id).join("rootfs")
+    }
+
+    /// The container's directory in the shared directory, as the guest sees it.
+    pub fn guest_dir(container_id: &str) -> String {
+        format!("{GUEST_SHARED}/{container_id}")
     }
 
     pub fn guest_rootfs(container_id: &str) -> String {
-        format!("{GUEST_SHARED}/{container_id}/rootfs")
+        format!("{}/rootfs", Self::guest_dir(container_id))
     }
 
     /// Long-polls the agent for events. Err means the agent (or the VM) is gone.
@@ -188,18 +212,45 @@ impl Sandbox {
 /// the sandbox directories (its VM and daemons died with it through PR_SET_PDEATHSIG).
 pub fn cleanup_dead(ns: &str, sandbox_id: &str, container_id: &str) {
     let shared = shared_dir(ns, sandbox_id);
-    super::rootfs::unmount_rootfs(&shared.join(container_id).join("rootfs"));
+    let unmount = |dir: &Path| {
+        super::mounts::unshare_mounts(dir);
+        super::rootfs::unmount_rootfs(&dir.join("rootfs"));
+    };
+    unmount(&shared.join(container_id));
     if sandbox_id == container_id {
         if let Ok(entries) = std::fs::read_dir(&shared) {
             for e in entries.flatten() {
-                super::rootfs::unmount_rootfs(&e.path().join("rootfs"));
+                unmount(&e.path());
             }
         }
         let _ = std::fs::remove_dir(&shared);
-        let vmdir = sandboxes_root(ns).join(sandbox_id);
+        let vmdir = sandboxes_root(ns).join(vm_dir_name(sandbox_id));
         if vmdir.exists() {
             // Sockets and logs only: nothing mounted lives there.
             let _ = std::fs::remove_dir_all(&vmdir);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_sandbox_ids_get_short_stable_vm_dirs() {
+        assert_eq!(vm_dir_name("c1"), "c1");
+        let cri = "1c3dfbd30407fd0c01db532eb31b9e3e81b205f7a82bd6e558141a04647d9a2c";
+        let name = vm_dir_name(cri);
+        assert_eq!(name, vm_dir_name(cri));
+        assert!(
+            name.starts_with("1c3dfbd30407fd0c-") && name.len() == 33,
+            "{name}"
+        );
+        assert_ne!(name, vm_dir_name(&cri.replace('c', "d")));
+        // The longest socket a VM directory holds fits in sun_path.
+        let sock = sandboxes_root("k8s.io")
+            .join(&name)
+            .join("vsock.vhost.sock_1025");
+        assert!(sock.as_os_str().len() < 100, "{}", sock.display());
     }
 }

@@ -5,9 +5,6 @@ use std::{path::Path, sync::Arc, time::Duration};
 use containerd_shim::{
     api,
     protos::{
-        cgroups_v2::metrics::{
-            CPUStat, IOEntry, IOStat, MemoryEvents, MemoryStat, Metrics, PidsStat,
-        },
         events::task::*,
         protobuf::{well_known_types::any::Any, Message, MessageField},
         topics::*,
@@ -19,13 +16,17 @@ use ttrpc::{Code, Error as TtrpcError};
 
 use super::{
     io::{IoCopy, StdioPaths},
-    read_annotations, rootfs,
+    metrics::to_metrics,
+    mounts, read_annotations, rootfs,
     sandbox::Sandbox,
     sandbox_id_of,
     state::{now_ns, Ctr, Exit, Proc},
-    Inner, Service,
+    Inner, Service, ANNOTATION_TYPE,
 };
-use crate::agent_client::AgentError;
+use crate::{
+    agent_client::AgentError,
+    config::{config_path_from_options, Config},
+};
 
 fn status(code: Code, msg: impl Into<String>) -> TtrpcError {
     TtrpcError::RpcStatus(ttrpc::get_status(code, msg.into()))
@@ -73,15 +74,21 @@ impl Inner {
     }
 
     /// Boots the sandbox VM if this shim has none yet, and starts the event loop.
-    fn ensure_sandbox(self: &Arc<Self>, sid: &str, bundle: &Path) -> TtrpcResult<Arc<Sandbox>> {
+    fn ensure_sandbox(
+        self: &Arc<Self>,
+        sid: &str,
+        bundle: &Path,
+        options: &MessageField<Any>,
+    ) -> TtrpcResult<Arc<Sandbox>> {
         let mut guard = self.sandbox.lock().unwrap();
         if let Some(s) = guard.as_ref() {
             return Ok(s.clone());
         }
+        let config = self.sandbox_config(options)?;
         let annotations = read_annotations(bundle);
         let hostname = spec_hostname(bundle).unwrap_or_default();
         let sb = Arc::new(
-            Sandbox::boot(&self.namespace, sid, &self.config, &annotations, &hostname)
+            Sandbox::boot(&self.namespace, sid, &config, &annotations, &hostname)
                 .map_err(|e| status(Code::UNAVAILABLE, format!("myvm: {e:#}")))?,
         );
         *guard = Some(sb.clone());
@@ -92,6 +99,19 @@ impl Inner {
             .spawn(move || me.event_loop(&sb2))
             .map_err(|e| status(Code::INTERNAL, e.to_string()))?;
         Ok(sb)
+    }
+
+    /// The configuration for a new sandbox: the file the runtime options' `ConfigPath` names,
+    /// else the shim's own (MYVM_CONFIG or /etc/myvm/config.toml).
+    fn sandbox_config(&self, options: &MessageField<Any>) -> TtrpcResult<Config> {
+        let invalid = |e: String| status(Code::INVALID_ARGUMENT, format!("myvm: {e}"));
+        if let Some(o) = options.as_ref() {
+            if let Some(path) = config_path_from_options(&o.type_url, &o.value).map_err(invalid)? {
+                return Config::load(&path)
+                    .map_err(|e| invalid(format!("runtime option ConfigPath: {e}")));
+            }
+        }
+        self.config.clone().map_err(invalid)
     }
 
     fn event_loop(&self, sb: &Sandbox) {
@@ -234,8 +254,29 @@ impl Inner {
                 tracing::warn!(container = c.id, "RemoveContainer: {e}");
             }
         }
+        if let Some(dir) = c.rootfs.parent() {
+            mounts::unshare_mounts(dir);
+        }
         rootfs::unmount_rootfs(&c.rootfs);
     }
+}
+
+/// True if the spec asks for a network namespace (CRI leaves it out for host network pods).
+fn has_network_namespace(spec: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(spec)
+        .ok()
+        .and_then(|v| v.pointer("/linux/namespaces").cloned())
+        .and_then(|n| n.as_array().cloned())
+        .is_some_and(|n| n.iter().any(|ns| ns["type"] == "network"))
+}
+
+/// The container's spec with its bind mounts shared into the VM (see `mounts`).
+fn share_volumes(spec: &[u8], sb: &Sandbox, id: &str) -> TtrpcResult<Vec<u8>> {
+    let mut v: serde_json::Value = serde_json::from_slice(spec)
+        .map_err(|e| status(Code::INVALID_ARGUMENT, format!("config.json: {e}")))?;
+    mounts::share_bind_mounts(&mut v, &sb.host_dir(id), &Sandbox::guest_dir(id))
+        .map_err(|e| status(Code::INVALID_ARGUMENT, format!("myvm: {e}")))?;
+    Ok(serde_json::to_vec(&v).expect("a JSON value serializes"))
 }
 
 fn spec_hostname(bundle: &Path) -> Option<String> {
@@ -278,12 +319,32 @@ impl Task for Service {
                 format!("reading {}/config.json: {e}", req.bundle),
             )
         })?;
-        let sid = sandbox_id_of(&req.id, &read_annotations(bundle));
-        let sb = inner.ensure_sandbox(&sid, bundle)?;
+        let annotations = read_annotations(bundle);
+        if annotations.get(ANNOTATION_TYPE).map(String::as_str) == Some("sandbox")
+            && !has_network_namespace(&spec)
+        {
+            return Err(status(
+                Code::INVALID_ARGUMENT,
+                "myvm: host network pods are not supported: a pod runs in its own VM with its own network stack",
+            ));
+        }
+        let sid = sandbox_id_of(&req.id, &annotations);
+        let sb = inner.ensure_sandbox(&sid, bundle, &req.options)?;
 
         let host_rootfs = sb.host_rootfs(&req.id);
-        rootfs::mount_rootfs(&req.rootfs, bundle, &host_rootfs)
-            .map_err(|e| status(Code::INVALID_ARGUMENT, format!("myvm: {e}")))?;
+        let spec = match share_volumes(&spec, &sb, &req.id) {
+            Ok(spec) => spec,
+            Err(e) => {
+                self.cleanup_empty_sandbox();
+                return Err(e);
+            }
+        };
+        if let Err(e) = rootfs::mount_rootfs(&req.rootfs, bundle, &host_rootfs) {
+            mounts::unshare_mounts(&sb.host_dir(&req.id));
+            rootfs::unmount_rootfs(&host_rootfs);
+            self.cleanup_empty_sandbox();
+            return Err(status(Code::INVALID_ARGUMENT, format!("myvm: {e}")));
+        }
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
@@ -304,6 +365,7 @@ impl Task for Service {
         let pid = match created {
             Ok(r) => r.pid as u32,
             Err(e) => {
+                mounts::unshare_mounts(&sb.host_dir(&req.id));
                 rootfs::unmount_rootfs(&host_rootfs);
                 self.cleanup_empty_sandbox();
                 return Err(e);
@@ -699,70 +761,5 @@ impl Service {
                 sb.stop();
             }
         }
-    }
-}
-
-fn to_metrics(s: &ag::StatsContainerResponse) -> Metrics {
-    let stat = |k: &str| s.memory.stat.get(k).copied().unwrap_or(0);
-    Metrics {
-        pids: MessageField::some(PidsStat {
-            current: s.pids.current,
-            limit: s.pids.limit,
-            ..Default::default()
-        }),
-        cpu: MessageField::some(CPUStat {
-            usage_usec: s.cpu.usage_usec,
-            user_usec: s.cpu.user_usec,
-            system_usec: s.cpu.system_usec,
-            nr_periods: s.cpu.nr_periods,
-            nr_throttled: s.cpu.nr_throttled,
-            throttled_usec: s.cpu.throttled_usec,
-            ..Default::default()
-        }),
-        memory: MessageField::some(MemoryStat {
-            anon: stat("anon"),
-            file: stat("file"),
-            kernel_stack: stat("kernel_stack"),
-            slab: stat("slab"),
-            sock: stat("sock"),
-            shmem: stat("shmem"),
-            file_mapped: stat("file_mapped"),
-            file_dirty: stat("file_dirty"),
-            inactive_anon: stat("inactive_anon"),
-            active_anon: stat("active_anon"),
-            inactive_file: stat("inactive_file"),
-            active_file: stat("active_file"),
-            unevictable: stat("unevictable"),
-            pgfault: stat("pgfault"),
-            pgmajfault: stat("pgmajfault"),
-            usage: s.memory.usage_bytes,
-            usage_limit: s.memory.limit_bytes,
-            swap_usage: s.memory.swap_usage_bytes,
-            swap_limit: s.memory.swap_limit_bytes,
-            ..Default::default()
-        }),
-        memory_events: MessageField::some(MemoryEvents {
-            oom: s.memory.oom,
-            oom_kill: s.memory.oom_kill,
-            max: s.memory.max,
-            ..Default::default()
-        }),
-        io: MessageField::some(IOStat {
-            usage: s
-                .io
-                .iter()
-                .map(|i| IOEntry {
-                    major: i.major as u64,
-                    minor: i.minor as u64,
-                    rbytes: i.rbytes,
-                    wbytes: i.wbytes,
-                    rios: i.rios,
-                    wios: i.wios,
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        }),
-        ..Default::default()
     }
 }

@@ -1,0 +1,191 @@
+//! A small blocking client of containerd's CRI (the kubelet's view), over the gRPC API from the
+//! `k8s-cri` crate's proto. crictl is not packaged here; this is what the CRI tests use instead.
+
+use std::{future::Future, path::Path};
+
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1::{
+    image_service_client::ImageServiceClient, runtime_service_client::RuntimeServiceClient, *,
+};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+pub use k8s_cri::v1;
+
+pub struct Cri {
+    rt: tokio::runtime::Runtime,
+    pub runtime: RuntimeServiceClient<Channel>,
+    pub images: ImageServiceClient<Channel>,
+}
+
+/// A pod's configuration: name, handler-independent settings, logs in `log_dir`.
+pub fn pod_config(name: &str, log_dir: &Path) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}-{}", std::process::id()),
+            namespace: "myvm-test".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: log_dir.display().to_string(),
+        linux: Some(LinuxPodSandboxConfig {
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption::default()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A container of busybox running `cmd`, logging to `<pod log dir>/<name>.log`.
+pub fn container_config(name: &str, cmd: &[&str]) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: "localhost/busybox:latest".into(),
+            ..Default::default()
+        }),
+        command: cmd.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}.log"),
+        linux: Some(LinuxContainerConfig::default()),
+        ..Default::default()
+    }
+}
+
+impl Cri {
+    pub fn connect(socket: &Path) -> Cri {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let path = socket.to_path_buf();
+        let channel = rt
+            .block_on(
+                Endpoint::try_from("http://[::]:50051")
+                    .unwrap()
+                    .connect_with_connector(tower::service_fn(move |_: Uri| {
+                        let path = path.clone();
+                        async move {
+                            Ok::<_, std::io::Error>(TokioIo::new(
+                                tokio::net::UnixStream::connect(path).await?,
+                            ))
+                        }
+                    })),
+            )
+            .expect("connecting to containerd's CRI socket");
+        Cri {
+            rt,
+            runtime: RuntimeServiceClient::new(channel.clone()),
+            images: ImageServiceClient::new(channel),
+        }
+    }
+
+    pub fn block_on<F: Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+
+    /// RunPodSandbox with runtime handler `handler`; the pod's id.
+    pub fn run_pod(&mut self, config: &PodSandboxConfig, handler: &str) -> Result<String, String> {
+        let req = RunPodSandboxRequest {
+            config: Some(config.clone()),
+            runtime_handler: handler.into(),
+        };
+        let r = self.rt.block_on(self.runtime.run_pod_sandbox(req));
+        r.map(|r| r.into_inner().pod_sandbox_id)
+            .map_err(|e| e.message().to_string())
+    }
+
+    /// CreateContainer + StartContainer; the container's id.
+    pub fn start_container(
+        &mut self,
+        pod: &str,
+        pod_config: &PodSandboxConfig,
+        config: ContainerConfig,
+    ) -> Result<String, String> {
+        let req = CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(pod_config.clone()),
+        };
+        let id = self
+            .rt
+            .block_on(self.runtime.create_container(req))
+            .map_err(|e| e.message().to_string())?
+            .into_inner()
+            .container_id;
+        let req = StartContainerRequest {
+            container_id: id.clone(),
+        };
+        self.rt
+            .block_on(self.runtime.start_container(req))
+            .map_err(|e| e.message().to_string())?;
+        Ok(id)
+    }
+
+    /// ExecSync: (exit code, stdout, stderr).
+    pub fn exec_sync(&mut self, id: &str, cmd: &[&str]) -> (i32, String, String) {
+        let req = ExecSyncRequest {
+            container_id: id.into(),
+            cmd: cmd.iter().map(|s| s.to_string()).collect(),
+            timeout: 30,
+        };
+        let r = self
+            .rt
+            .block_on(self.runtime.exec_sync(req))
+            .unwrap_or_else(|e| panic!("ExecSync {cmd:?}: {}", e.message()))
+            .into_inner();
+        (
+            r.exit_code,
+            String::from_utf8_lossy(&r.stdout).into_owned(),
+            String::from_utf8_lossy(&r.stderr).into_owned(),
+        )
+    }
+
+    pub fn container_status(&mut self, id: &str) -> ContainerStatus {
+        let req = ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: false,
+        };
+        self.rt
+            .block_on(self.runtime.container_status(req))
+            .unwrap_or_else(|e| panic!("ContainerStatus {id}: {}", e.message()))
+            .into_inner()
+            .status
+            .expect("a status")
+    }
+
+    pub fn pod_status(&mut self, id: &str) -> PodSandboxStatus {
+        let req = PodSandboxStatusRequest {
+            pod_sandbox_id: id.into(),
+            verbose: false,
+        };
+        self.rt
+            .block_on(self.runtime.pod_sandbox_status(req))
+            .unwrap_or_else(|e| panic!("PodSandboxStatus {id}: {}", e.message()))
+            .into_inner()
+            .status
+            .expect("a status")
+    }
+
+    /// StopPodSandbox then RemovePodSandbox.
+    pub fn remove_pod(&mut self, id: &str) -> Result<(), String> {
+        let stop = StopPodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        };
+        self.rt
+            .block_on(self.runtime.stop_pod_sandbox(stop))
+            .map_err(|e| format!("StopPodSandbox: {}", e.message()))?;
+        let rm = RemovePodSandboxRequest {
+            pod_sandbox_id: id.into(),
+        };
+        self.rt
+            .block_on(self.runtime.remove_pod_sandbox(rm))
+            .map_err(|e| format!("RemovePodSandbox: {}", e.message()))?;
+        Ok(())
+    }
+}
