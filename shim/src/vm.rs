@@ -21,7 +21,7 @@ use crate::{
     assets::Assets,
     check::HostInfo,
     hybrid_vsock,
-    hypervisor::{self, BackendKind, FsDevice, Hypervisor, HypervisorError, VmConfig},
+    hypervisor::{self, BackendKind, FsDevice, Hypervisor, HypervisorError, NetDevice, VmConfig},
     process::tail,
     vhost_user::{self, DaemonError, FsDaemon, VsockDaemon},
 };
@@ -55,6 +55,9 @@ pub struct VmOptions {
     pub id: Option<String>,
     /// How long the guest may take to answer the agent's `Check`.
     pub boot_timeout: Duration,
+    /// Tap-backed network devices, and the network namespace they (and the VMM) live in.
+    pub net: Vec<NetDevice>,
+    pub netns: Option<PathBuf>,
 }
 
 impl Default for VmOptions {
@@ -68,6 +71,8 @@ impl Default for VmOptions {
             run_root: PathBuf::from(RUN_ROOT),
             id: None,
             boot_timeout: Duration::from_secs(30),
+            net: Vec::new(),
+            netns: None,
         }
     }
 }
@@ -154,6 +159,8 @@ impl Vm {
                     vhost_socket: d.vhost_socket.clone(),
                 })
                 .collect(),
+            net: opts.net.clone(),
+            netns: opts.netns.clone(),
             work_dir: dir.clone(),
         };
         let mut vm = Vm {

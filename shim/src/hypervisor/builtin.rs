@@ -89,6 +89,8 @@ mod tests {
                 tag: "myvmfs".into(),
                 vhost_socket: "/d/fs.sock".into(),
             }],
+            net: vec![],
+            netns: None,
             work_dir: "/d".into(),
         };
         let a = Builtin::new("myvm-vmm".into()).args(&c).join(" ");

@@ -69,6 +69,18 @@ pub struct FsDevice {
     pub vhost_socket: PathBuf,
 }
 
+/// A virtio-net device backed by a tap device. The tap lives in the network namespace the
+/// VMM runs in (`VmConfig::netns`), where the shim created it and wired it to the pod's veth.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetDevice {
+    /// Name of the tap interface (opened by name by the VMM, in its network namespace).
+    pub tap: String,
+    /// MAC address the guest interface gets (the pod veth's, so the pod keeps its identity).
+    pub mac: String,
+    /// MTU of the pod network (announced to the guest where the device supports it).
+    pub mtu: u32,
+}
+
 /// Everything a backend needs to boot one VM.
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -82,6 +94,11 @@ pub struct VmConfig {
     /// vhost-user socket of the vsock device.
     pub vsock_vhost_socket: PathBuf,
     pub fs: Vec<FsDevice>,
+    /// Network devices (tap-backed virtio-net).
+    pub net: Vec<NetDevice>,
+    /// Network namespace (a path like /var/run/netns/cni-…) the VMM process runs in, so that it
+    /// can open the taps there; None = the shim's own.
+    pub netns: Option<PathBuf>,
     /// Per-VM directory for the backend's own files (logs, pid files, sockets).
     pub work_dir: PathBuf,
 }
@@ -159,9 +176,31 @@ pub fn spawn_vmm(
             "this backend instance already runs a VM".into(),
         ));
     }
+    let mut cmd = cmd;
+    // The VMM joins the pod's network namespace (to open its taps) between fork and exec.
+    let netns = match &config.netns {
+        Some(path) => Some(std::fs::File::open(path).map_err(|e| {
+            HypervisorError::Config(format!("network namespace {}: {e}", path.display()))
+        })?),
+        None => None,
+    };
+    if let Some(ns) = &netns {
+        use std::os::{fd::AsRawFd, unix::process::CommandExt};
+        let fd = ns.as_raw_fd();
+        // SAFETY: setns(2) is async-signal-safe; the fd stays open until the spawn returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     tracing::debug!(?cmd, "starting {name}");
     let log = config.work_dir.join(format!("{name}.log"));
     *slot = Some(Managed::spawn(name, cmd, Some(&log))?);
+    drop(netns);
     Ok(())
 }
 

@@ -65,6 +65,22 @@ impl Qemu {
                 &format!("vhost-user-fs-device,chardev=fs{i},tag={}", fs.tag),
             ]);
         }
+        for (i, net) in config.net.iter().enumerate() {
+            push(&[
+                "-netdev",
+                &format!(
+                    "tap,id=net{i},ifname={},script=no,downscript=no,vhost=off",
+                    net.tap
+                ),
+            ]);
+            push(&[
+                "-device",
+                &format!(
+                    "virtio-net-device,netdev=net{i},mac={},host_mtu={}",
+                    net.mac, net.mtu
+                ),
+            ]);
+        }
         push(&["-device", "virtio-rng-device"]);
         a
     }
@@ -112,6 +128,8 @@ mod tests {
                 tag: "myvmfs".into(),
                 vhost_socket: "/run/x/fs.sock".into(),
             }],
+            net: vec![],
+            netns: None,
             work_dir: "/run/x".into(),
         }
     }
