@@ -118,6 +118,7 @@ pub fn setup() -> Result<()> {
     }
     enable_cgroup_controllers();
     nix::unistd::sethostname("myvm").context("sethostname")?;
+    crate::network::loopback_up()?;
     std::env::set_var("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
     Ok(())
 }

@@ -7,6 +7,7 @@
 mod container;
 mod guest;
 mod init;
+mod network;
 mod reaper;
 mod sandbox;
 mod service;

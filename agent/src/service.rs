@@ -151,6 +151,8 @@ impl agent_ttrpc::Agent for AgentService {
             sandbox::mount_share(&m.tag, mp, m.readonly).map_err(internal)?;
             self.shares.lock().unwrap().push(mp.to_path_buf());
         }
+        crate::network::configure(&req.interfaces, &req.routes)
+            .map_err(|e| internal(e.context("configuring the pod network")))?;
         sandbox::write_file("/etc/resolv.conf", &req.resolv_conf).map_err(internal)?;
         sandbox::write_file("/etc/hosts", &req.hosts).map_err(internal)?;
         self.manager.share_pid_ns.store(

@@ -7,6 +7,7 @@ pub mod check;
 pub mod config;
 pub mod hybrid_vsock;
 pub mod hypervisor;
+pub mod network;
 pub mod process;
 pub mod shim;
 pub mod vhost_user;

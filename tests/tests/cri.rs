@@ -139,3 +139,129 @@ fn cri_host_network_pod_is_refused_and_leaves_nothing() {
     });
     assert!(c.vm_pids().is_empty());
 }
+
+/// GET http://ip:port/ from the host; the response, once the server answers (within 30 s).
+fn http_get(ip: &str, port: u16) -> String {
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            let mut body = String::new();
+            s.read_to_string(&mut body)?;
+            Ok(body)
+        })();
+        match attempt {
+            Ok(body) => return body,
+            Err(e) if std::time::Instant::now() > deadline => panic!("GET {addr}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+#[test]
+fn cri_pods_get_their_network_and_volumes() {
+    let c = Containerd::start();
+    let mut cri = Cri::connect(&c.socket);
+    let logs = TempDir::new("myvm-cri-logs");
+    let host = TempDir::new("myvm-cri-vol");
+    let data = host.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(data.join("index.html"), "hello-from-pod\n").unwrap();
+    let secret = host.path().join("token");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+
+    // Pod A: a web server whose document root is a host volume; a read-only secret file.
+    let a_cfg = pod_config("web-a", logs.path());
+    let pod_a = cri.run_pod(&a_cfg, "myvm").expect("RunPodSandbox a");
+    let mut server = container_config("server", &["httpd", "-f", "-p", "8080", "-h", "/srv"]);
+    server.mounts = vec![
+        v1::Mount {
+            container_path: "/srv".into(),
+            host_path: data.display().to_string(),
+            ..Default::default()
+        },
+        v1::Mount {
+            container_path: "/var/run/secrets/token".into(),
+            host_path: secret.display().to_string(),
+            readonly: true,
+            ..Default::default()
+        },
+    ];
+    let server = cri.start_container(&pod_a, &a_cfg, server).expect("server");
+    let ip_a = cri.pod_status(&pod_a).network.expect("pod a network").ip;
+    assert!(ip_a.starts_with("10.250."), "pod a ip {ip_a:?}");
+
+    // Inside the guest: the pod's own address on eth0, and localhost.
+    let (code, out, err) = cri.exec_sync(&server, &["ip", "-4", "addr", "show"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("inet {ip_a}/24")), "{out}");
+    assert!(out.contains("inet 127.0.0.1/8"), "{out}");
+
+    // The host reaches the pod's server at the pod IP.
+    let body = http_get(&ip_a, 8080);
+    assert!(body.contains("hello-from-pod"), "{body}");
+
+    // Volumes: writes go both ways; read-only stays read-only.
+    let (code, _, err) = cri.exec_sync(&server, &["sh", "-c", "echo from-container > /srv/out"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(data.join("out")).unwrap(),
+        "from-container\n"
+    );
+    std::fs::write(data.join("late"), "from-host\n").unwrap();
+    let (_, out, _) = cri.exec_sync(&server, &["cat", "/srv/late", "/var/run/secrets/token"]);
+    assert_eq!(out, "from-host\ns3cret\n");
+    let (code, _, _) = cri.exec_sync(&server, &["sh", "-c", "echo x > /var/run/secrets/token"]);
+    assert_ne!(code, 0, "a read-only volume was writable");
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "s3cret\n");
+
+    // Pod B reaches pod A over the pod network.
+    let b_cfg = pod_config("client-b", logs.path());
+    let pod_b = cri.run_pod(&b_cfg, "myvm").expect("RunPodSandbox b");
+    let client = cri
+        .start_container(
+            &pod_b,
+            &b_cfg,
+            container_config(
+                "client",
+                &[
+                    "sh",
+                    "-c",
+                    "trap 'exit 0' TERM; while true; do sleep 1; done",
+                ],
+            ),
+        )
+        .expect("client");
+    let ip_b = cri.pod_status(&pod_b).network.expect("pod b network").ip;
+    assert_ne!(ip_a, ip_b);
+    let (code, out, err) = cri.exec_sync(
+        &client,
+        &[
+            "sh",
+            "-c",
+            // busybox-static's wget segfaults (glibc NSS in a static binary); nc does not.
+            &format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 10 {ip_a} 8080 | tail -n 1"),
+        ],
+    );
+    assert_eq!((code, out.trim()), (0, "hello-from-pod"), "{err}");
+    assert_eq!(c.vm_pids().len(), 2, "one VM per pod");
+
+    for pod in [&pod_a, &pod_b] {
+        cri.remove_pod(pod).expect("removing a pod");
+    }
+    wait_until("the pods' shims to exit", Duration::from_secs(15), || {
+        c.shims().is_empty()
+    });
+    for pod in [&pod_a, &pod_b] {
+        assert_eq!(leftovers_of(pod), Vec::<String>::new());
+    }
+    // The volumes are the host's again, untouched by the teardown.
+    assert_eq!(
+        std::fs::read_to_string(data.join("index.html")).unwrap(),
+        "hello-from-pod\n"
+    );
+}

@@ -311,6 +311,7 @@ pub fn pump(stream: Stream, mut end: File, mut conn: File) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
 
     #[test]
     fn header_parsing() {

@@ -1,5 +1,8 @@
-//! containerd-shim-myvm-v2: runs containerd tasks in myvm microVMs (runtime `io.containerd.myvm.v2`).
+//! `containerd-shim-myvm-v2`: containerd's runtime v2 shim for myvm (see `myvm::shim`).
 
 fn main() {
-    containerd_shim::run::<myvm::shim::Service>(myvm::shim::RUNTIME_ID, None)
+    containerd_shim::run::<myvm::shim::Service>(
+        myvm::shim::RUNTIME_ID,
+        Some(myvm::shim::shim_config()),
+    )
 }

@@ -80,6 +80,17 @@ pub struct Service {
     pub inner: Arc<Inner>,
 }
 
+/// The shim library's settings. They must be passed to `run`: the library installs its
+/// SIGCHLD reaper before `Shim::new` sees the config, and that reaper steals the exit status
+/// of every child we wait for ourselves (QEMU, the daemons, `ip`/`tc`: ECHILD at random).
+pub fn shim_config() -> ShimConfig {
+    ShimConfig {
+        no_reaper: true,
+        no_sub_reaper: true,
+        ..Default::default()
+    }
+}
+
 fn config_path() -> PathBuf {
     std::env::var_os("MYVM_CONFIG")
         .map(PathBuf::from)
@@ -90,9 +101,8 @@ impl shim::Shim for Service {
     type T = Service;
 
     fn new(_runtime_id: &str, args: &Flags, config: &mut ShimConfig) -> Self {
-        // We wait for our own children (QEMU, daemons); the library's reaper would steal them.
-        config.no_reaper = true;
-        config.no_sub_reaper = true;
+        // We wait for our own children; `shim_config` already turned the library's reaper off.
+        debug_assert!(config.no_reaper && config.no_sub_reaper);
         let cfg = Config::load(&config_path()).map_err(|e| e.to_string());
         if let Ok(c) = &cfg {
             config.default_log_level = c.log_level.clone();

@@ -14,6 +14,7 @@ use crate::{
     assets::Assets,
     check::HostInfo,
     config::Config,
+    network::PodNetwork,
     vm::{SharedDir, Vm, VmOptions, RUN_ROOT},
 };
 
@@ -53,6 +54,7 @@ pub struct Sandbox {
     pub uds: PathBuf,
     pub shared: PathBuf,
     pub vmm_pids: Vec<u32>,
+    network: Option<PodNetwork>,
 }
 
 /// Guest memory and vCPUs for a sandbox: the config's defaults, or what the CRI annotations ask.
@@ -92,6 +94,7 @@ impl Sandbox {
         config: &Config,
         annotations: &std::collections::HashMap<String, String>,
         hostname: &str,
+        netns: Option<&Path>,
     ) -> anyhow::Result<Sandbox> {
         use anyhow::Context;
         let mut assets = Assets::discover()?;
@@ -106,6 +109,22 @@ impl Sandbox {
         let shared = shared_dir(ns, id);
         std::fs::create_dir_all(&shared).with_context(|| format!("mkdir {}", shared.display()))?;
         let (memory_mib, vcpus) = sizing(config, annotations);
+        // The pod's network (CRI: the netns CNI configured); none for a plain container.
+        let network = match netns {
+            Some(path) => match PodNetwork::setup(path) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    let _ = std::fs::remove_dir(&shared);
+                    return Err(e).context("connecting the pod network");
+                }
+            },
+            None => None,
+        };
+        let undo_network = || {
+            if let Some(n) = &network {
+                n.teardown();
+            }
+        };
         let opts = VmOptions {
             backend: config.backend().map_err(anyhow::Error::msg)?,
             vcpus,
@@ -118,11 +137,17 @@ impl Sandbox {
             run_root: sandboxes_root(ns),
             id: Some(vm_dir_name(id)),
             boot_timeout: Duration::from_secs(config.boot_timeout_s),
+            net: network
+                .as_ref()
+                .map(PodNetwork::devices)
+                .unwrap_or_default(),
+            netns: network.as_ref().map(|n| n.netns.clone()),
             ..Default::default()
         };
         let vm = match Vm::boot(&opts, &assets, &HostInfo::detect()) {
             Ok(vm) => vm,
             Err(e) => {
+                undo_network();
                 let _ = std::fs::remove_dir(&shared);
                 return Err(e).context("booting the sandbox VM");
             }
@@ -136,11 +161,22 @@ impl Sandbox {
                 mount_point: GUEST_SHARED.into(),
                 ..Default::default()
             }],
+            interfaces: network
+                .as_ref()
+                .map(PodNetwork::guest_interfaces)
+                .unwrap_or_default(),
+            routes: network
+                .as_ref()
+                .map(|n| n.routes.clone())
+                .unwrap_or_default(),
             ..Default::default()
         };
-        agent
-            .call("CreateSandbox", |c, ctx| c.create_sandbox(ctx, &req))
-            .context("CreateSandbox")?;
+        if let Err(e) = agent.call("CreateSandbox", |c, ctx| c.create_sandbox(ctx, &req)) {
+            let _ = vm.shutdown(Duration::from_secs(2));
+            undo_network();
+            let _ = std::fs::remove_dir(&shared);
+            return Err(e).context("CreateSandbox");
+        }
         tracing::info!(
             sandbox = id,
             backend = vm.backend(),
@@ -154,6 +190,7 @@ impl Sandbox {
             vm: Mutex::new(Some(vm)),
             agent,
             shared,
+            network,
         })
     }
 
@@ -203,6 +240,9 @@ impl Sandbox {
                 Ok(s) => tracing::info!(sandbox = self.id, "VM exited: {s}"),
                 Err(e) => tracing::warn!(sandbox = self.id, "VM shutdown: {e}"),
             }
+        }
+        if let Some(n) = &self.network {
+            n.teardown();
         }
         let _ = std::fs::remove_dir(&self.shared);
     }

@@ -87,9 +87,17 @@ impl Inner {
         let config = self.sandbox_config(options)?;
         let annotations = read_annotations(bundle);
         let hostname = spec_hostname(bundle).unwrap_or_default();
+        let netns = spec_netns(bundle);
         let sb = Arc::new(
-            Sandbox::boot(&self.namespace, sid, &config, &annotations, &hostname)
-                .map_err(|e| status(Code::UNAVAILABLE, format!("myvm: {e:#}")))?,
+            Sandbox::boot(
+                &self.namespace,
+                sid,
+                &config,
+                &annotations,
+                &hostname,
+                netns.as_deref(),
+            )
+            .map_err(|e| status(Code::UNAVAILABLE, format!("myvm: {e:#}")))?,
         );
         *guard = Some(sb.clone());
         let me = self.clone();
@@ -283,6 +291,19 @@ fn spec_hostname(bundle: &Path) -> Option<String> {
     let v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(bundle.join("config.json")).ok()?).ok()?;
     v.get("hostname")?.as_str().map(str::to_string)
+}
+
+/// The network namespace the spec names (CRI: the one CNI configured), if any.
+fn spec_netns(bundle: &Path) -> Option<std::path::PathBuf> {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).ok()?).ok()?;
+    v.pointer("/linux/namespaces")?
+        .as_array()?
+        .iter()
+        .find(|n| n["type"] == "network")?["path"]
+        .as_str()
+        .filter(|p| !p.is_empty())
+        .map(Into::into)
 }
 
 fn timestamp_of(
