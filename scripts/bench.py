@@ -3,7 +3,9 @@
 written as JSON (build/bench.json).
 
   1. `ctr run --rm <busybox> true` wall time, myvm (qemu backend) vs runc, runs alternated
-  2. one myvm start broken down: `myvm boot` start -> agent ready, agent init
+  2. one myvm start broken down, from the timestamps the shim logs (`myvm timing ...` lines in
+     containerd's log, see shim/src/timing.rs): containerd -> shim, daemons, VMM -> guest kernel,
+     kernel boot, agent init, CreateSandbox, CreateContainer, StartContainer, exit, teardown
   3. host memory per pod (PSS of shim + VMM + daemons) while a pod idles
   4. density: K pods started at once, total time and host PSS
   5. stdio throughput: MiB/s of a 64 MiB stream from a container to the host
@@ -57,6 +59,48 @@ def shims(sock):
     return [int(p) for p in out.stdout.split()]
 
 
+STEPS = ["shim_started", "vmm_spawned", "kernel_started", "agent_started", "agent_ready",
+         "sandbox_created", "container_created", "container_started", "exit_reported"]
+SEGMENTS = [  # (label, from, to); "ctr" is ctr's start or end
+    ("containerd: ctr run -> shim serving", "ctr_start", "shim_started"),
+    ("shim: vhost-user daemons + VMM spawn", "shim_started", "vmm_spawned"),
+    ("VMM: spawn -> guest kernel entry", "vmm_spawned", "kernel_started"),
+    ("guest kernel boot -> agent start", "kernel_started", "agent_started"),
+    ("agent init -> READY", "agent_started", "agent_ready"),
+    ("shim+agent: Check + CreateSandbox", "agent_ready", "sandbox_created"),
+    ("shim+agent: rootfs + CreateContainer", "sandbox_created", "container_created"),
+    ("shim+agent: StartContainer", "container_created", "container_started"),
+    ("container runs `true`, exit reported", "container_started", "exit_reported"),
+    ("delete + VM shutdown -> ctr returns", "exit_reported", "ctr_end"),
+]
+OUTSIDE_BOOT = ["shim: vhost-user daemons + VMM spawn", "agent init -> READY", "shim+agent: Check + CreateSandbox",
+                "shim+agent: rootfs + CreateContainer", "shim+agent: StartContainer"]
+
+
+def breakdown(log, spans):
+    """Per-segment stats (ms) of the myvm starts in `spans`, from the shim's timing lines."""
+    marks = {}
+    with open(log, errors="replace") as f:
+        for line in f:
+            if "myvm timing" not in line:
+                continue
+            kv = dict(p.split("=", 1) for p in line.split("myvm timing", 1)[1].split('"')[0].split() if "=" in p)
+            if kv.get("id") in spans and kv.get("step") in STEPS:
+                marks.setdefault(kv["id"], {})[kv["step"]] = int(kv["epoch_us"]) / 1000.0
+    segs = {label: [] for label, _, _ in SEGMENTS}
+    segs["shim+agent outside the guest boot"] = []
+    for run, (t0, t1) in spans.items():
+        m = dict(marks.get(run, {}), ctr_start=t0 * 1000, ctr_end=t1 * 1000)
+        if not all(s in m for s in STEPS):
+            print(f"bench: run {run} lacks timing steps {[s for s in STEPS if s not in m]}", file=sys.stderr)
+            continue
+        got = {label: m[b] - m[a] for label, a, b in SEGMENTS}
+        for label, v in got.items():
+            segs[label].append(v)
+        segs["shim+agent outside the guest boot"].append(sum(got[k] for k in OUTSIDE_BOOT))
+    return {k: stats(v) for k, v in segs.items() if v}
+
+
 def main():
     d = tempfile.mkdtemp(prefix="myvm-bench-")
     env = dict(os.environ, PATH=f"{ROOT}/target/release:" + os.environ["PATH"])
@@ -69,12 +113,18 @@ def main():
 
         # 1. ctr run --rm, alternated
         times = {MYVM: [], RUNC: []}
+        spans = {}  # myvm run id -> (wall clock before ctr, after ctr)
         for i in range(RUNS):
             for rt in (MYVM, RUNC):
-                t = time.monotonic()
-                sh(*ctr, "run", "--rm", "--null-io", "--runtime", rt, IMAGE, f"b{i}-{'myvm' if rt == MYVM else 'runc'}", "true")
+                name = f"b{i}-{'myvm' if rt == MYVM else 'runc'}"
+                t, wall = time.monotonic(), time.time()
+                sh(*ctr, "run", "--rm", "--null-io", "--runtime", rt, IMAGE, name, "true")
                 times[rt].append(time.monotonic() - t)
+                if rt == MYVM:
+                    spans[name] = (wall, time.time())
         res["ctr_run_s"] = {"myvm": stats(times[MYVM]), "runc": stats(times[RUNC])}
+        time.sleep(0.5)  # the last shim's log lines reach containerd's log
+        res["start_breakdown_ms"] = breakdown(f"{d}/containerd.log", spans)
 
         # 2. breakdown of one start
         boots = [json.loads(sh(f"{ROOT}/target/release/myvm", "boot", "--json").stdout) for _ in range(min(RUNS, 3))]
@@ -126,6 +176,10 @@ def main():
     print(f"{'ctr run --rm true, myvm (qemu/tcg) [s]':48} {m['median']:10.3f} {m['min']:9.3f} {m['max']:9.3f}")
     print(f"{'ctr run --rm true, runc [s]':48} {c['median']:10.3f} {c['min']:9.3f} {c['max']:9.3f}")
     print(f"{'  ratio myvm/runc':48} {m['median'] / c['median']:10.2f}")
+    print(f"\nwhere one myvm `ctr run --rm true` goes [ms] (from the shim's timing log, {RUNS} runs):")
+    for k, v in r["start_breakdown_ms"].items():
+        print(f"{'  ' + k:48} {v['median']:10.1f} {v['min']:9.1f} {v['max']:9.1f}")
+    print()
     for k, v in r["boot_ms"].items():
         print(f"{'myvm boot: ' + k:48} {v['median']:10.0f} {v['min']:9.0f} {v['max']:9.0f}")
     print(f"{'host PSS of one idle pod (shim+VMM+daemons) [MiB]':48} {r['pod_host_pss_mib']:10.1f}")

@@ -94,7 +94,9 @@ fn run(started: Instant, pid1: bool) -> Result<()> {
 }
 
 /// Tells the host we serve: a guest-initiated vsock connection to the host's READY port carrying
-/// one line `READY <agent init ns>`. Not fatal: the host also polls.
+/// one line `READY <agent init ns> <guest uptime ns>` (CLOCK_BOOTTIME: time since the kernel
+/// started), from which the host places kernel start and agent start on its own clock. Not
+/// fatal: the host also polls.
 fn notify_ready(started: Instant) {
     use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, VsockAddr};
     let result = (|| -> Result<()> {
@@ -109,7 +111,9 @@ fn notify_ready(started: Instant) {
             &VsockAddr::new(libc::VMADDR_CID_HOST, READY_VSOCK_PORT),
         )?;
         let mut stream = std::fs::File::from(fd);
-        writeln!(stream, "READY {}", started.elapsed().as_nanos())?;
+        let uptime = nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)?;
+        let uptime_ns = uptime.tv_sec() as u128 * 1_000_000_000 + uptime.tv_nsec() as u128;
+        writeln!(stream, "READY {} {uptime_ns}", started.elapsed().as_nanos())?;
         Ok(())
     })();
     if let Err(e) = result {

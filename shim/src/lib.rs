@@ -10,5 +10,6 @@ pub mod hypervisor;
 pub mod network;
 pub mod process;
 pub mod shim;
+pub mod timing;
 pub mod vhost_user;
 pub mod vm;

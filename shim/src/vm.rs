@@ -10,7 +10,7 @@ use std::{
     path::{Path, PathBuf},
     process::ExitStatus,
     sync::atomic::{AtomicU32, Ordering},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use myvm_protocol::READY_VSOCK_PORT;
@@ -110,6 +110,7 @@ pub struct Vm {
     agent: Option<AgentClient>,
     serial_log: PathBuf,
     boot_time: Duration,
+    timeline: BootTimeline,
 }
 
 impl Vm {
@@ -172,6 +173,7 @@ impl Vm {
             agent: None,
             serial_log,
             boot_time: Duration::ZERO,
+            timeline: BootTimeline::default(),
         };
         std::mem::forget(guard); // `vm`'s Drop owns the cleanup now
                                  // The agent announces itself with a guest-initiated connection to READY_VSOCK_PORT.
@@ -181,6 +183,7 @@ impl Vm {
             source,
         })?;
         vm.hv.start(&config)?;
+        vm.timeline.vmm_spawned = Some(SystemTime::now());
         tracing::info!(vm = vm.id, backend = vm.hv.describe(), pids = ?vm.hv.pids(), "VM started");
 
         if let Err(source) = vm.wait_for_agent(&ready, started, opts.boot_timeout) {
@@ -216,7 +219,12 @@ impl Vm {
             self.check_alive().map_err(not_ready)?;
             match ready.accept() {
                 Ok((stream, _)) => match read_ready_line(stream) {
-                    Some(agent_init_ns) => {
+                    Some((agent_init_ns, uptime_ns)) => {
+                        let now = SystemTime::now();
+                        let back = |ns: u64| now.checked_sub(Duration::from_nanos(ns));
+                        self.timeline.agent_ready = Some(now);
+                        self.timeline.agent_started = back(agent_init_ns);
+                        self.timeline.kernel_started = uptime_ns.and_then(back);
                         tracing::debug!(vm = self.id, agent_init_ns, "agent announced itself");
                         break;
                     }
@@ -249,6 +257,11 @@ impl Vm {
 
     fn check_alive(&mut self) -> Result<(), String> {
         alive(&mut self.hv, &mut self.vsock)
+    }
+
+    /// When the boot's steps happened.
+    pub fn timeline(&self) -> BootTimeline {
+        self.timeline
     }
 
     pub fn id(&self) -> &str {
@@ -338,12 +351,33 @@ fn alive(hv: &mut Box<dyn Hypervisor>, vsock: &mut VsockDaemon) -> Result<(), St
 }
 
 /// Reads `READY <ns>` from the agent's announcement connection.
-fn read_ready_line(stream: UnixStream) -> Option<u64> {
+/// Reads the agent's `READY <agent init ns> [<guest uptime ns>]` line.
+fn read_ready_line(stream: UnixStream) -> Option<(u64, Option<u64>)> {
     stream.set_nonblocking(false).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
     let mut line = String::new();
     BufReader::new(stream).take(64).read_line(&mut line).ok()?;
-    line.trim().strip_prefix("READY ")?.parse().ok()
+    parse_ready(&line)
+}
+
+fn parse_ready(line: &str) -> Option<(u64, Option<u64>)> {
+    let mut f = line.trim().strip_prefix("READY ")?.split(' ');
+    let init = f.next()?.parse().ok()?;
+    let uptime = match f.next() {
+        Some(u) => Some(u.parse().ok()?),
+        None => None,
+    };
+    f.next().is_none().then_some((init, uptime))
+}
+
+/// When the steps of a VM boot happened, on the host's clock (see `crate::timing`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BootTimeline {
+    pub vmm_spawned: Option<SystemTime>,
+    /// The guest kernel's first instruction: READY's arrival less the guest's uptime.
+    pub kernel_started: Option<SystemTime>,
+    pub agent_started: Option<SystemTime>,
+    pub agent_ready: Option<SystemTime>,
 }
 
 struct DirGuard(PathBuf);
@@ -385,4 +419,28 @@ fn new_id() -> String {
         COUNTER.fetch_add(1, Ordering::Relaxed),
         nanos
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_ready;
+
+    #[test]
+    fn ready_lines() {
+        assert_eq!(parse_ready("READY 93000000\n"), Some((93_000_000, None)));
+        assert_eq!(
+            parse_ready("READY 93000000 1060000000\n"),
+            Some((93_000_000, Some(1_060_000_000)))
+        );
+        for bad in [
+            "READY",
+            "READY x",
+            "READY 1 y",
+            "READY 1 2 3",
+            "HELLO 1",
+            "",
+        ] {
+            assert_eq!(parse_ready(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -63,6 +63,8 @@ pub struct Inner {
     /// The configuration from MYVM_CONFIG or the default path, or why it could not be loaded
     /// (reported by Create unless the task's runtime options name another file).
     pub config: Result<Config, String>,
+    /// When this shim process started serving (the first step of a start's timeline).
+    pub started: std::time::SystemTime,
 }
 
 impl Inner {
@@ -117,6 +119,7 @@ impl shim::Shim for Service {
                 sandbox: Mutex::new(None),
                 containers: Mutex::new(HashMap::new()),
                 config: cfg,
+                started: std::time::SystemTime::now(),
             }),
         }
     }

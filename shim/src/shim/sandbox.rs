@@ -177,6 +177,18 @@ impl Sandbox {
             let _ = std::fs::remove_dir(&shared);
             return Err(e).context("CreateSandbox");
         }
+        let t = vm.timeline();
+        for (step, at) in [
+            ("vmm_spawned", t.vmm_spawned),
+            ("kernel_started", t.kernel_started),
+            ("agent_started", t.agent_started),
+            ("agent_ready", t.agent_ready),
+        ] {
+            if let Some(at) = at {
+                crate::timing::mark(id, step, at);
+            }
+        }
+        crate::timing::mark_now(id, "sandbox_created");
         tracing::info!(
             sandbox = id,
             backend = vm.backend(),

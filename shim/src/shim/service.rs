@@ -26,6 +26,7 @@ use super::{
 use crate::{
     agent_client::AgentError,
     config::{config_path_from_options, Config},
+    timing,
 };
 
 fn status(code: Code, msg: impl Into<String>) -> TtrpcError {
@@ -85,6 +86,7 @@ impl Inner {
             return Ok(s.clone());
         }
         let config = self.sandbox_config(options)?;
+        timing::mark(sid, "shim_started", self.started);
         let annotations = read_annotations(bundle);
         let hostname = spec_hostname(bundle).unwrap_or_default();
         let netns = spec_netns(bundle);
@@ -214,6 +216,9 @@ impl Inner {
                     ..Default::default()
                 }),
             );
+            if p.exec_id.is_empty() {
+                timing::mark_now(&c.id, "exit_reported");
+            }
         }
     }
 
@@ -392,6 +397,7 @@ impl Task for Service {
                 return Err(e);
             }
         };
+        timing::mark_now(&req.id, "container_created");
         let init = Arc::new(Proc::new("", stdio.clone(), None));
         *init.pid.lock().unwrap() = pid;
         let ctr = Arc::new(Ctr {
@@ -437,6 +443,7 @@ impl Task for Service {
         let (c, p) = self.inner.proc(&req.id, &req.exec_id)?;
         let pid = self.inner.start_proc(&c, &p)?;
         if req.exec_id.is_empty() {
+            timing::mark_now(&c.id, "container_started");
             self.inner.publish(
                 TASK_START_EVENT_TOPIC,
                 Box::new(TaskStart {
