@@ -3,9 +3,24 @@
 # myvm runtime configured for CRI as handler `myvm`. Used by the tests, the demo and the benchmark.
 #   containerd-private.sh start DIR   -> prints the socket path once containerd answers
 #   containerd-private.sh stop DIR
+#   containerd-private.sh restart DIR -> containerd only (shims and their tasks keep running)
 set -euo pipefail
 cmd=$1 dir=$2
+stop_containerd() {
+    if [ -f "$dir/containerd.pid" ]; then
+        pid=$(cat "$dir/containerd.pid")
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
+        rm -f "$dir/containerd.pid"
+    fi
+}
+
 case "$cmd" in
+restart)
+    stop_containerd
+    exec "$0" start "$dir"
+    ;;
 start)
     mkdir -p "$dir/root" "$dir/state" "$dir/cni"
     # A pod network private to this containerd: its own bridge, subnet and IPAM store, all on
@@ -57,7 +72,7 @@ state = "$dir/state"
     bin_dir = "/usr/lib/cni"
     conf_dir = "$dir/cni"
 TOML
-    containerd --config "$dir/config.toml" > "$dir/containerd.log" 2>&1 &
+    containerd --config "$dir/config.toml" >> "$dir/containerd.log" 2>&1 &
     echo $! > "$dir/containerd.pid"
     for _ in $(seq 1 100); do
         if ctr -a "$dir/containerd.sock" version >/dev/null 2>&1; then
@@ -71,18 +86,12 @@ TOML
     exit 1
     ;;
 stop)
-    if [ -f "$dir/containerd.pid" ]; then
-        pid=$(cat "$dir/containerd.pid")
-        kill "$pid" 2>/dev/null || true
-        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null || true
-        rm -f "$dir/containerd.pid"
-    fi
+    stop_containerd
     if [ -f "$dir/cni-bridge" ]; then
         ip link del "$(cat "$dir/cni-bridge")" 2>/dev/null || true
     fi
     # containerd leaves its root mounted in places (shm, sandboxes): unmount what is below DIR.
     grep -o " $dir/[^ ]*" /proc/self/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
     ;;
-*) echo "usage: $0 start|stop DIR" >&2; exit 2 ;;
+*) echo "usage: $0 start|stop|restart DIR" >&2; exit 2 ;;
 esac

@@ -388,7 +388,8 @@ impl Drop for DirGuard {
     }
 }
 
-fn create_private_dir(dir: &Path) -> Result<(), VmError> {
+/// Creates `dir` readable only by root (0700), its parents traversable but not listable (0711).
+pub fn create_private_dir(dir: &Path) -> Result<(), VmError> {
     use std::os::unix::fs::DirBuilderExt;
     let err = |source| VmError::Dir {
         path: dir.to_path_buf(),
@@ -400,6 +401,9 @@ fn create_private_dir(dir: &Path) -> Result<(), VmError> {
             .mode(0o711)
             .create(parent)
             .map_err(err)?;
+        // Made by an older version, or by hand: other users may traverse, never list.
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(parent, std::fs::Permissions::from_mode(0o711));
     }
     std::fs::DirBuilder::new()
         .mode(0o700)

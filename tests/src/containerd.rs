@@ -20,6 +20,15 @@ fn shim_dir() -> PathBuf {
     exe.parent().and_then(Path::parent).unwrap().to_path_buf()
 }
 
+/// PATH with the shim's directory first (containerd finds shims on its PATH).
+fn path_with_shim() -> String {
+    format!(
+        "{}:{}",
+        shim_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
 impl Containerd {
     pub fn start() -> Containerd {
         setup();
@@ -30,11 +39,7 @@ impl Containerd {
             "{} missing: build the workspace (`make build`)",
             shim.display()
         );
-        let path = format!(
-            "{}:{}",
-            shim_dir().display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
+        let path = path_with_shim();
         let out = Command::new(workspace().join("scripts/containerd-private.sh"))
             .args(["start"])
             .arg(dir.path())
@@ -72,6 +77,18 @@ impl Containerd {
             }
         }
         c
+    }
+
+    /// Restarts containerd alone (same root, state and sockets); shims keep running.
+    pub fn restart(&self) {
+        let out = Command::new(workspace().join("scripts/containerd-private.sh"))
+            .arg("restart")
+            .arg(self.dir.path())
+            .env("PATH", path_with_shim())
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "containerd did not restart");
     }
 
     pub fn dir(&self) -> &Path {

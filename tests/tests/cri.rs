@@ -44,6 +44,18 @@ fn cri_pod_runs_its_containers_in_one_vm() {
     assert_eq!(c.shims().len(), 1, "one shim for the pod");
     assert_eq!(c.vm_pids().len(), 1, "one VM for the pod");
     let vm = c.vm_pids()[0];
+    // The pod's files are root's alone: rootfs, volumes (secrets), sockets, logs.
+    {
+        use myvm::shim::sandbox::{sandboxes_root, shared_dir, vm_dir_name};
+        use std::os::unix::fs::PermissionsExt;
+        for dir in [
+            shared_dir("k8s.io", &pod),
+            sandboxes_root("k8s.io").join(vm_dir_name(&pod)),
+        ] {
+            let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{} is {mode:o}", dir.display());
+        }
+    }
 
     let talker = cri
         .start_container(

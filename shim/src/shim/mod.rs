@@ -128,6 +128,10 @@ impl shim::Shim for Service {
         let bundle = std::env::current_dir().map_err(|e| shim::Error::Other(e.to_string()))?;
         let grouping = sandbox_id_of(&opts.id, &read_annotations(&bundle));
         let (_pid, address) = shim::spawn(opts, &grouping, Vec::new())?;
+        // The bundle's `address` file is how containerd finds a running shim again after a
+        // restart (without it, it deems the shim dead and deletes the task), and how the
+        // library finds the socket to remove. The shim writes it, as runc's shim does.
+        containerd_shim::util::write_address(&address)?;
         Ok(address)
     }
 

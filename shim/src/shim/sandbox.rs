@@ -107,7 +107,8 @@ impl Sandbox {
         // Whatever a dead shim of the same sandbox left behind goes first.
         cleanup_dead(ns, id, id);
         let shared = shared_dir(ns, id);
-        std::fs::create_dir_all(&shared).with_context(|| format!("mkdir {}", shared.display()))?;
+        // Root only: it holds the containers' root filesystems and volumes (secrets included).
+        crate::vm::create_private_dir(&shared)?;
         let (memory_mib, vcpus) = sizing(config, annotations);
         // The pod's network (CRI: the netns CNI configured); none for a plain container.
         let network = match netns {

@@ -1,0 +1,132 @@
+//! Crash and restart behaviour: a shim killed with SIGKILL takes its VM and daemons along and
+//! containerd cleans up; containerd restarted under running pods manages them again.
+
+use std::time::Duration;
+
+use myvm_tests::{containerd::Containerd, pid_alive, wait_until};
+
+const RT: &str = "io.containerd.myvm.v2";
+const IMAGE: &str = "localhost/busybox:latest";
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Children of `pid`, forked by any of its threads (the shim's VMM and vhost-user daemons).
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .flat_map(|t| {
+            std::fs::read_to_string(t.path().join("children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect::<Vec<u32>>()
+        })
+        .collect()
+}
+
+fn run_detached(c: &Containerd, id: &str) {
+    let o = c.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        RT,
+        IMAGE,
+        id,
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while true; do sleep 1; done",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn killed_shim_takes_its_vm_along_and_containerd_cleans_up() {
+    let c = Containerd::start();
+    run_detached(&c, "victim");
+    let shims = c.shims();
+    assert_eq!(shims.len(), 1);
+    let shim = shims[0].0;
+    let helpers = children(shim);
+    assert!(
+        helpers.len() >= 3,
+        "VMM, vsock and virtiofsd under the shim: {helpers:?}"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shim as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_until(
+        "the VM and daemons to die with the shim",
+        Duration::from_secs(10),
+        || helpers.iter().all(|p| !pid_alive(*p)),
+    );
+    // containerd sees the shim gone, reports the task stopped and runs the shim's `delete`.
+    wait_until(
+        "containerd to see the task stopped",
+        Duration::from_secs(20),
+        || {
+            let ls = stdout(&c.ctr(&["task", "ls"]));
+            !ls.contains("RUNNING")
+        },
+    );
+    let _ = c.ctr(&["task", "rm", "victim"]);
+    let o = c.ctr(&["container", "rm", "victim"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let shared = myvm::shim::sandbox::shared_dir("default", "victim");
+    wait_until(
+        "the shared directory to go",
+        Duration::from_secs(10),
+        || !shared.exists(),
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains(&shared.display().to_string()), "{mounts}");
+    let vmdir = myvm::shim::sandbox::sandboxes_root("default").join("victim");
+    assert!(!vmdir.exists(), "{} left", vmdir.display());
+}
+
+#[test]
+fn restarted_containerd_manages_running_pods_again() {
+    let c = Containerd::start();
+    run_detached(&c, "survivor");
+    let vm = c.vm_pids();
+    assert_eq!(vm.len(), 1);
+
+    c.restart();
+    assert!(pid_alive(vm[0]), "the VM died with containerd");
+    let ls = stdout(&c.ctr(&["task", "ls"]));
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("survivor") && l.contains("RUNNING")),
+        "{ls}"
+    );
+    let o = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "after",
+        "survivor",
+        "echo",
+        "still here",
+    ]);
+    assert_eq!(
+        stdout(&o),
+        "still here\n",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = c.ctr(&["task", "kill", "survivor"]);
+    assert!(o.status.success());
+    wait_until("the task to stop", Duration::from_secs(20), || {
+        stdout(&c.ctr(&["task", "ls"])).contains("STOPPED")
+    });
+    assert!(c.ctr(&["task", "rm", "survivor"]).status.success());
+    assert!(c.ctr(&["container", "rm", "survivor"]).status.success());
+    wait_until("the shim and VM to exit", Duration::from_secs(15), || {
+        c.shims().is_empty() && !pid_alive(vm[0])
+    });
+}
