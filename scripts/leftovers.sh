@@ -25,6 +25,9 @@ check)
     for d in /run/myvm/sandboxes/*/* /run/myvm/shared/*/*; do
         [ -e "$d" ] && left+=("directory $d")
     done
+    for d in /sys/fs/cgroup/myvm/* /sys/fs/cgroup/*/myvm/*; do
+        [ -d "$d" ] && left+=("cgroup $d")
+    done
     for d in "${TMPDIR:-/tmp}"/myvm-*; do
         [ -e "$d" ] && left+=("temp $d")
     done

@@ -5,6 +5,7 @@ pub mod agent_client;
 pub mod assets;
 pub mod check;
 pub mod config;
+pub mod host_cgroup;
 pub mod hybrid_vsock;
 pub mod hypervisor;
 pub mod network;

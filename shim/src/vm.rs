@@ -58,6 +58,8 @@ pub struct VmOptions {
     /// Tap-backed network devices, and the network namespace they (and the VMM) live in.
     pub net: Vec<NetDevice>,
     pub netns: Option<PathBuf>,
+    /// Host cgroup the VMM and daemons are moved into as soon as they run.
+    pub host_cgroup: Option<std::sync::Arc<crate::host_cgroup::HostCgroup>>,
 }
 
 impl Default for VmOptions {
@@ -73,6 +75,7 @@ impl Default for VmOptions {
             boot_timeout: Duration::from_secs(30),
             net: Vec::new(),
             netns: None,
+            host_cgroup: None,
         }
     }
 }
@@ -86,6 +89,8 @@ pub enum VmError {
     },
     #[error("the VM directory {0} is too long for the VM's Unix sockets (108 bytes with their names); use a shorter run root or VM id")]
     DirTooLong(PathBuf),
+    #[error("{0}")]
+    Cgroup(String),
     #[error(transparent)]
     Daemon(#[from] DaemonError),
     #[error(transparent)]
@@ -184,6 +189,11 @@ impl Vm {
         })?;
         vm.hv.start(&config)?;
         vm.timeline.vmm_spawned = Some(SystemTime::now());
+        if let Some(cg) = &opts.host_cgroup {
+            for pid in vm.pids() {
+                cg.add(pid).map_err(|e| VmError::Cgroup(e.to_string()))?;
+            }
+        }
         tracing::info!(vm = vm.id, backend = vm.hv.describe(), pids = ?vm.hv.pids(), "VM started");
 
         if let Err(source) = vm.wait_for_agent(&ready, started, opts.boot_timeout) {

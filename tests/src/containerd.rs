@@ -150,14 +150,28 @@ impl Drop for Containerd {
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGKILL,
             );
+            let arg = |name: &str| {
+                let mut args = cmd.split(' ');
+                args.find(|a| *a == name)?;
+                args.next().map(str::to_string)
+            };
             // Its socket is in containerd's shared /run/containerd/s: remove it too.
-            let mut args = cmd.split(' ');
-            while let Some(a) = args.next() {
-                if a == "-socket" {
-                    if let Some(path) = args.next().and_then(|v| v.strip_prefix("unix://")) {
-                        let _ = std::fs::remove_file(path);
+            if let Some(path) = arg("-socket")
+                .as_deref()
+                .and_then(|v| v.strip_prefix("unix://"))
+            {
+                let _ = std::fs::remove_file(path);
+            }
+            // What containerd's `delete` would do after a dead shim (a failed test may leave
+            // tasks behind): unmount rootfs and volumes, remove the sandbox directories.
+            if let (Some(ns), Some(id)) = (arg("-namespace"), arg("-id")) {
+                for _ in 0..50 {
+                    if !crate::pid_alive(pid) {
+                        break;
                     }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
                 }
+                myvm::shim::sandbox::cleanup_dead(&ns, &id, &id);
             }
         }
     }

@@ -44,6 +44,13 @@ fn cri_pod_runs_its_containers_in_one_vm() {
     assert_eq!(c.shims().len(), 1, "one shim for the pod");
     assert_eq!(c.vm_pids().len(), 1, "one VM for the pod");
     let vm = c.vm_pids()[0];
+    // The VMM and its daemons run in the pod's host cgroup (capped, accounted).
+    let cgroup_name = myvm::shim::sandbox::host_cgroup_name("k8s.io", &pod);
+    let vm_cgroup = std::fs::read_to_string(format!("/proc/{vm}/cgroup")).unwrap();
+    assert!(
+        vm_cgroup.contains(&format!("/myvm/{cgroup_name}")),
+        "{vm_cgroup}"
+    );
     // The pod's files are root's alone: rootfs, volumes (secrets), sockets, logs.
     {
         use myvm::shim::sandbox::{sandboxes_root, shared_dir, vm_dir_name};
@@ -123,6 +130,9 @@ fn cri_pod_runs_its_containers_in_one_vm() {
         || c.shims().is_empty() && !myvm_tests::pid_alive(vm),
     );
     assert_eq!(leftovers_of(&pod), Vec::<String>::new());
+    for d in myvm::host_cgroup::HostCgroup::existing(&cgroup_name).dirs() {
+        assert!(!d.exists(), "{} left", d.display());
+    }
 }
 
 #[test]

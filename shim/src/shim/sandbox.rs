@@ -3,7 +3,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -14,6 +14,7 @@ use crate::{
     assets::Assets,
     check::HostInfo,
     config::Config,
+    host_cgroup::{HostCgroup, Limits},
     network::PodNetwork,
     vm::{SharedDir, Vm, VmOptions, RUN_ROOT},
 };
@@ -42,6 +43,15 @@ pub fn vm_dir_name(id: &str) -> String {
     format!("{prefix}-{hash:016x}")
 }
 
+/// Host memory a sandbox's VMM and daemons may use beyond the guest's RAM (QEMU's own memory and
+/// TCG translation cache, virtiofsd, vhost-device-vsock).
+pub const HOST_OVERHEAD_MIB: u64 = 384;
+
+/// Name of sandbox `id`'s host cgroup.
+pub fn host_cgroup_name(ns: &str, id: &str) -> String {
+    format!("{ns}-{}", vm_dir_name(id))
+}
+
 /// Host directory shared with the guest of sandbox `id` in namespace `ns`.
 pub fn shared_dir(ns: &str, id: &str) -> PathBuf {
     Path::new(RUN_ROOT).join("shared").join(ns).join(id)
@@ -55,6 +65,7 @@ pub struct Sandbox {
     pub shared: PathBuf,
     pub vmm_pids: Vec<u32>,
     network: Option<PodNetwork>,
+    host_cgroup: Option<Arc<HostCgroup>>,
 }
 
 /// Guest memory and vCPUs for a sandbox: the config's defaults, or what the CRI annotations ask.
@@ -126,6 +137,25 @@ impl Sandbox {
                 n.teardown();
             }
         };
+        // Caps and accounts the VMM and daemons: guest memory plus room for the VMM itself.
+        let host_cgroup = match HostCgroup::create(
+            &host_cgroup_name(ns, id),
+            Limits {
+                memory_bytes: (u64::from(memory_mib) + HOST_OVERHEAD_MIB) << 20,
+                pids: 1024,
+            },
+        ) {
+            Ok(cg) => Some(Arc::new(cg)),
+            Err(e) => {
+                tracing::warn!(sandbox = id, "no host cgroup for the VM: {e}");
+                None
+            }
+        };
+        let undo_cgroup = || {
+            if let Some(cg) = &host_cgroup {
+                cg.remove();
+            }
+        };
         let opts = VmOptions {
             backend: config.backend().map_err(anyhow::Error::msg)?,
             vcpus,
@@ -143,12 +173,14 @@ impl Sandbox {
                 .map(PodNetwork::devices)
                 .unwrap_or_default(),
             netns: network.as_ref().map(|n| n.netns.clone()),
+            host_cgroup: host_cgroup.clone(),
             ..Default::default()
         };
         let vm = match Vm::boot(&opts, &assets, &HostInfo::detect()) {
             Ok(vm) => vm,
             Err(e) => {
                 undo_network();
+                undo_cgroup();
                 let _ = std::fs::remove_dir(&shared);
                 return Err(e).context("booting the sandbox VM");
             }
@@ -175,6 +207,7 @@ impl Sandbox {
         if let Err(e) = agent.call("CreateSandbox", |c, ctx| c.create_sandbox(ctx, &req)) {
             let _ = vm.shutdown(Duration::from_secs(2));
             undo_network();
+            undo_cgroup();
             let _ = std::fs::remove_dir(&shared);
             return Err(e).context("CreateSandbox");
         }
@@ -204,6 +237,7 @@ impl Sandbox {
             agent,
             shared,
             network,
+            host_cgroup,
         })
     }
 
@@ -257,6 +291,9 @@ impl Sandbox {
         if let Some(n) = &self.network {
             n.teardown();
         }
+        if let Some(cg) = &self.host_cgroup {
+            cg.remove();
+        }
         let _ = std::fs::remove_dir(&self.shared);
     }
 }
@@ -277,6 +314,7 @@ pub fn cleanup_dead(ns: &str, sandbox_id: &str, container_id: &str) {
             }
         }
         let _ = std::fs::remove_dir(&shared);
+        HostCgroup::existing(&host_cgroup_name(ns, sandbox_id)).remove();
         let vmdir = sandboxes_root(ns).join(vm_dir_name(sandbox_id));
         if vmdir.exists() {
             // Sockets and logs only: nothing mounted lives there.
