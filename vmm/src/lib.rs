@@ -2,7 +2,7 @@
 //!
 //! Layout: [`config`] (CLI/JSON + validation), [`memory`] (memfd guest RAM), [`boot`] (kernel
 //! loading, PVH start info, CPUID, MP table), [`vstate`] (KVM VM and vCPUs), [`devices`]
-//! (serial, i8042, virtio-mmio, vhost-user), [`seccomp`] and [`vmm`] (wiring + run loop).
+//! (serial, i8042, virtio-mmio, vhost-user, virtio-net), [`seccomp`] and [`vmm`] (wiring + run loop).
 
 pub mod boot;
 pub mod config;

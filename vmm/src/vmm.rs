@@ -55,6 +55,8 @@ pub enum VmmError {
     Device(#[from] crate::devices::vhost_user::VhostUserError),
     #[error(transparent)]
     Seccomp(#[from] crate::seccomp::SeccompError),
+    #[error(transparent)]
+    Net(#[from] crate::devices::virtio_net::NetError),
 }
 
 /// How the VM ended.
@@ -129,6 +131,10 @@ pub fn run(cfg: &VmmConfig) -> Result<Outcome, VmmError> {
     let sigfd = SignalFd::with_flags(&sigs, nix::sys::signalfd::SfdFlags::SFD_NONBLOCK)
         .map_err(VmmError::Signal)?;
 
+    // Taps first: they are opened by name in our network namespace, and a missing one is the
+    // most likely setup error.
+    let taps = crate::devices::virtio_net::open_taps(cfg)?;
+
     let vcpus = cfg.vcpus as u8;
     let mem_size = u64::from(cfg.memory_mib) << 20;
     let vm = Vm::new(cfg.vcpus)?;
@@ -177,9 +183,18 @@ pub fn run(cfg: &VmmConfig) -> Result<Outcome, VmmError> {
     })));
     pio.insert(Arc::new(Mutex::new(kbd)), u64::from(layout::I8042_PORT), 5)?;
 
-    // MMIO: virtio devices backed by vhost-user daemons.
+    // MMIO: virtio devices backed by vhost-user daemons, then the tap-backed virtio-net devices
+    // (served by the `virtio-net` thread).
     let mut mmio = Bus::new();
     let devices = crate::devices::vhost_user::attach_all(cfg, &vm, &mem, &slots, &mut mmio)?;
+    let net = crate::devices::virtio_net::attach_all(
+        cfg,
+        taps,
+        &vm,
+        &mem,
+        &slots[devices.transports.len()..],
+        &mut mmio,
+    )?;
 
     if compat {
         tracing::info!(
@@ -238,6 +253,15 @@ pub fn run(cfg: &VmmConfig) -> Result<Outcome, VmmError> {
                 exit.report(reason);
             })
             .map_err(|e| VmmError::Io("spawning a vCPU thread", e))?;
+    }
+    if let Some(em) = net {
+        let exit = exit.clone();
+        crate::devices::virtio_net::spawn_io_thread(
+            em,
+            filters.as_ref().map(|f| f.net.clone()),
+            move |msg| exit.report(VcpuExitReason::Error(msg)),
+        )
+        .map_err(|e| VmmError::Io("spawning the virtio-net thread", e))?;
     }
     if let Some(f) = &filters {
         crate::seccomp::apply(&f.vmm)?;

@@ -76,6 +76,54 @@ fn bad_configuration_exits_2_with_a_clear_message() {
             .concat(),
             "duplicate virtio-fs tag",
         ),
+        (
+            [
+                image_args(&serial),
+                vec!["--net".into(), "mac=02:00:00:00:00:01".into()],
+            ]
+            .concat(),
+            "missing tap name",
+        ),
+        (
+            [
+                image_args(&serial),
+                vec!["--net".into(), "tap=tap0,mac=02:00:00:00:00".into()],
+            ]
+            .concat(),
+            "bad MAC address \"02:00:00:00:00\"",
+        ),
+        (
+            [
+                image_args(&serial),
+                vec!["--net".into(), "tap=tap0,mac=01:00:5e:00:00:01".into()],
+            ]
+            .concat(),
+            "multicast",
+        ),
+        (
+            [
+                image_args(&serial),
+                vec![
+                    "--net".into(),
+                    "tap=tap0,mac=02:00:00:00:00:01,mtu=20".into(),
+                ],
+            ]
+            .concat(),
+            "MTU must be 68..=65535, got 20",
+        ),
+        (
+            [
+                image_args(&serial),
+                vec![
+                    "--net".into(),
+                    "tap=tap0,mac=02:00:00:00:00:01".into(),
+                    "--net".into(),
+                    "tap=tap0,mac=02:00:00:00:00:02".into(),
+                ],
+            ]
+            .concat(),
+            "duplicate tap \"tap0\"",
+        ),
     ];
     for (args, msg) in cases {
         let out = Command::new(VMM).args(&args).output().unwrap();
@@ -93,6 +141,37 @@ fn bad_configuration_exits_2_with_a_clear_message() {
     // Unknown flags are usage errors (clap), also exit status 2.
     let out = Command::new(VMM).arg("--bogus").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// A tap that cannot be opened is a setup error (status 1) naming the tap and the errno; no VM
+/// is created (taps are opened first).
+#[test]
+fn unusable_tap_exits_1_naming_the_tap_and_the_errno() {
+    let d = TmpDir::new("tap");
+    let serial = d.0.join("serial.log");
+    let kernel = d.0.join("vmlinux");
+    std::fs::write(&kernel, b"not used").unwrap();
+    for (tap, msg) in [
+        (
+            "myvm-nosuch0",
+            "tap myvm-nosuch0: no such interface in the VMM's network namespace (No such device (os error 19))",
+        ),
+        ("lo", "tap lo: TUNSETIFF: Invalid argument (os error 22)"),
+    ] {
+        let out = Command::new(VMM)
+            .arg("--kernel")
+            .arg(&kernel)
+            .arg("--serial-log")
+            .arg(&serial)
+            .arg("--net")
+            .arg(format!("tap={tap},mac=02:00:00:00:00:01"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(msg), "expected {msg:?} in {stderr}");
+        assert!(!serial.exists(), "nothing created");
+    }
 }
 
 #[test]
@@ -113,6 +192,7 @@ fn print_config_merges_json_and_flags() {
         .arg("--config")
         .arg(&json)
         .args(["--vcpus", "3", "--print-config"])
+        .args(["--net", "tap=tap0,mac=02:00:00:00:00:01,mtu=1400"])
         .output()
         .unwrap();
     assert!(
@@ -124,6 +204,10 @@ fn print_config_merges_json_and_flags() {
     assert_eq!(v["vcpus"], 3);
     assert_eq!(v["memory_mib"], 128);
     assert_eq!(v["seccomp"], true);
+    assert_eq!(
+        v["net"],
+        serde_json::json!([{"tap": "tap0", "mac": "02:00:00:00:00:01", "mtu": 1400}])
+    );
 }
 
 fn vhost_vsock_binary() -> PathBuf {

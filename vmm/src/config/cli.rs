@@ -2,10 +2,13 @@
 
 use std::path::PathBuf;
 
-use super::{parse_fs_arg, BootProtocol, ConfigError, CpuCompat, FsConfig, VmmConfig};
+use super::{
+    parse_fs_arg, parse_net_arg, BootProtocol, ConfigError, CpuCompat, FsConfig, NetConfig,
+    VmmConfig,
+};
 
 /// myvm's own KVM microVM monitor: boots a PVH `vmlinux` + initramfs with a serial console and
-/// vhost-user virtio devices (vsock, virtio-fs) on virtio-mmio.
+/// virtio devices on virtio-mmio: vhost-user vsock and virtio-fs, tap-backed virtio-net.
 #[derive(Debug, clap::Parser)]
 #[command(name = "myvm-vmm", version)]
 pub struct Cli {
@@ -36,6 +39,10 @@ pub struct Cli {
     /// virtio-fs device served by a vhost-user daemon, as TAG=SOCKET (repeatable).
     #[arg(long = "fs", value_parser = parse_fs_value)]
     pub fs: Vec<FsConfig>,
+    /// virtio-net device on an existing tap, as tap=<ifname>,mac=<aa:bb:cc:dd:ee:ff>[,mtu=<n>]
+    /// (repeatable).
+    #[arg(long = "net", value_parser = parse_net_value)]
+    pub net: Vec<NetConfig>,
     /// Turn the seccomp filters off (debugging only).
     #[arg(long)]
     pub no_seccomp: bool,
@@ -53,6 +60,10 @@ pub struct Cli {
 
 fn parse_fs_value(s: &str) -> Result<FsConfig, String> {
     parse_fs_arg(s).map_err(|e| e.to_string())
+}
+
+fn parse_net_value(s: &str) -> Result<NetConfig, String> {
+    parse_net_arg(s).map_err(|e| e.to_string())
 }
 
 impl Cli {
@@ -85,6 +96,9 @@ impl Cli {
         }
         if !self.fs.is_empty() {
             cfg.fs = self.fs;
+        }
+        if !self.net.is_empty() {
+            cfg.net = self.net;
         }
         if self.no_seccomp {
             cfg.seccomp = false;

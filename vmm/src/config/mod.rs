@@ -16,6 +16,12 @@ pub const MAX_MEMORY_MIB: u32 = 256 * 1024;
 pub const MAX_CMDLINE_LEN: usize = 2048;
 /// Longest virtio-fs tag (virtio spec: 36 bytes, not NUL-terminated when full).
 pub const MAX_FS_TAG_LEN: usize = 36;
+/// Longest network interface name (IFNAMSIZ - 1).
+pub const MAX_IFNAME_LEN: usize = 15;
+/// MTU range a virtio-net device may announce (Linux's minimum for IPv4; the config field is
+/// 16 bits).
+pub const MIN_NET_MTU: u32 = 68;
+pub const MAX_NET_MTU: u32 = 65535;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -43,6 +49,18 @@ pub enum ConfigError {
     DuplicateFsTag(String),
     #[error("bad --fs value {0:?}: expected TAG=SOCKET")]
     BadFsArg(String),
+    #[error(
+        "bad --net value {0:?}: {1} (expected tap=<ifname>,mac=<aa:bb:cc:dd:ee:ff>[,mtu=<n>])"
+    )]
+    BadNetArg(String, String),
+    #[error("bad MAC address {0:?}: {1}")]
+    BadMac(String, &'static str),
+    #[error("bad tap name {0:?}: {1}")]
+    BadTapName(String, &'static str),
+    #[error("duplicate tap {0:?}: each virtio-net device needs its own tap")]
+    DuplicateTap(String),
+    #[error("tap {0:?}: MTU must be {MIN_NET_MTU}..={MAX_NET_MTU}, got {1}")]
+    BadMtu(String, u32),
     #[error("too many virtio devices: {0} (at most {max})", max = crate::boot::layout::MAX_VIRTIO_DEVICES)]
     TooManyDevices(usize),
     #[error("cannot read config file {0}: {1}")]
@@ -66,6 +84,74 @@ pub struct FsConfig {
 
 fn default_fs_queues() -> u16 {
     1
+}
+
+/// A virtio-net device backed by a tap interface that already exists in the VMM's network
+/// namespace (the VMM opens it by name; it never creates one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// Name of the tap interface.
+    pub tap: String,
+    /// MAC address of the guest interface (unicast).
+    pub mac: MacAddr,
+    /// MTU announced to the guest (VIRTIO_NET_F_MTU); none = the guest's default (1500).
+    #[serde(default)]
+    pub mtu: Option<u32>,
+}
+
+/// An Ethernet MAC address, written `aa:bb:cc:dd:ee:ff` (also in JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct MacAddr(pub [u8; 6]);
+
+impl std::str::FromStr for MacAddr {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, ConfigError> {
+        let bad = |why| ConfigError::BadMac(s.to_owned(), why);
+        let parts: Vec<&str> = s.split(':').collect();
+        if parts.len() != 6 {
+            return Err(bad("expected six hex octets separated by ':'"));
+        }
+        let mut mac = [0u8; 6];
+        for (b, p) in mac.iter_mut().zip(&parts) {
+            if p.len() != 2 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
+                return Err(bad("expected six hex octets separated by ':'"));
+            }
+            *b = u8::from_str_radix(p, 16).map_err(|_| bad("not hexadecimal"))?;
+        }
+        if mac[0] & 1 != 0 {
+            return Err(bad("multicast address (the guest needs a unicast one)"));
+        }
+        if mac == [0; 6] {
+            return Err(bad("all-zero address"));
+        }
+        Ok(MacAddr(mac))
+    }
+}
+
+impl TryFrom<String> for MacAddr {
+    type Error = ConfigError;
+    fn try_from(s: String) -> Result<Self, ConfigError> {
+        s.parse()
+    }
+}
+
+impl From<MacAddr> for String {
+    fn from(m: MacAddr) -> String {
+        m.to_string()
+    }
+}
+
+impl std::fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
 }
 
 /// Whether the guest is kept away from features KVM-PVM cannot emulate (CPUID masks + kernel
@@ -117,6 +203,9 @@ pub struct VmmConfig {
     pub vsock_socket: Option<PathBuf>,
     #[serde(default)]
     pub fs: Vec<FsConfig>,
+    /// virtio-net devices backed by taps.
+    #[serde(default)]
+    pub net: Vec<NetConfig>,
     /// seccomp filters on the VMM and vCPU threads.
     #[serde(default = "default_true")]
     pub seccomp: bool,
@@ -148,6 +237,7 @@ impl VmmConfig {
             serial_log: serial_log.into(),
             vsock_socket: None,
             fs: Vec::new(),
+            net: Vec::new(),
             seccomp: true,
             cpu_compat: CpuCompat::Auto,
             boot_protocol: BootProtocol::Auto,
@@ -163,7 +253,7 @@ impl VmmConfig {
 
     /// Number of virtio-mmio devices this configuration creates.
     pub fn virtio_device_count(&self) -> usize {
-        usize::from(self.vsock_socket.is_some()) + self.fs.len()
+        usize::from(self.vsock_socket.is_some()) + self.fs.len() + self.net.len()
     }
 
     /// Everything that can be checked without touching KVM.
@@ -215,13 +305,26 @@ impl VmmConfig {
                 return Err(ConfigError::DuplicateFsTag(fs.tag.clone()));
             }
         }
+        let mut taps = std::collections::HashSet::new();
+        for net in &self.net {
+            check_ifname(&net.tap)?;
+            if !taps.insert(net.tap.as_str()) {
+                return Err(ConfigError::DuplicateTap(net.tap.clone()));
+            }
+            if let Some(mtu) = net.mtu {
+                if !(MIN_NET_MTU..=MAX_NET_MTU).contains(&mtu) {
+                    return Err(ConfigError::BadMtu(net.tap.clone(), mtu));
+                }
+            }
+        }
         if self.virtio_device_count() > crate::boot::layout::MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDevices(self.virtio_device_count()));
         }
         Ok(())
     }
 
-    /// MMIO window and IRQ of each virtio device, in device order (vsock first, then fs).
+    /// MMIO window and IRQ of each virtio device, in device order (vsock first, then fs, then
+    /// net).
     pub fn virtio_slots(&self) -> Vec<crate::boot::layout::VirtioSlot> {
         (0..self.virtio_device_count())
             .map(crate::boot::layout::VirtioSlot::nth)
@@ -241,6 +344,62 @@ pub fn parse_fs_arg(arg: &str) -> Result<FsConfig, ConfigError> {
         tag: tag.to_owned(),
         socket: PathBuf::from(socket),
         request_queues: 1,
+    })
+}
+
+/// Checks a network interface name as the kernel does (`dev_valid_name`).
+pub fn check_ifname(name: &str) -> Result<(), ConfigError> {
+    let bad = |why| Err(ConfigError::BadTapName(name.to_owned(), why));
+    if name.is_empty() {
+        return bad("empty");
+    }
+    if name.len() > MAX_IFNAME_LEN {
+        return bad("longer than 15 bytes");
+    }
+    if name == "." || name == ".." {
+        return bad("not a valid interface name");
+    }
+    if name.contains(['/', ':', '\0']) || name.chars().any(char::is_whitespace) {
+        return bad("contains '/', ':', NUL or whitespace");
+    }
+    Ok(())
+}
+
+/// Parses a `--net tap=<ifname>,mac=<aa:bb:cc:dd:ee:ff>[,mtu=<n>]` argument.
+pub fn parse_net_arg(arg: &str) -> Result<NetConfig, ConfigError> {
+    let bad = |why: String| ConfigError::BadNetArg(arg.to_owned(), why);
+    let (mut tap, mut mac, mut mtu) = (None, None, None);
+    for part in arg.split(',') {
+        let (key, value) = part
+            .split_once('=')
+            .ok_or_else(|| bad(format!("{part:?} is not key=value")))?;
+        let slot = match key {
+            "tap" => &mut tap,
+            "mac" => &mut mac,
+            "mtu" => &mut mtu,
+            _ => return Err(bad(format!("unknown key {key:?}"))),
+        };
+        if slot.replace(value).is_some() {
+            return Err(bad(format!("{key} given twice")));
+        }
+    }
+    let tap = tap
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| bad("missing tap name (tap=<ifname>)".into()))?;
+    check_ifname(tap)?;
+    let mac = mac
+        .ok_or_else(|| bad("missing MAC address (mac=<aa:bb:cc:dd:ee:ff>)".into()))?
+        .parse()?;
+    let mtu = mtu
+        .map(|m| {
+            m.parse::<u32>()
+                .map_err(|_| bad(format!("mtu {m:?} is not a number")))
+        })
+        .transpose()?;
+    Ok(NetConfig {
+        tap: tap.to_owned(),
+        mac,
+        mtu,
     })
 }
 

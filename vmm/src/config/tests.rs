@@ -171,3 +171,127 @@ fn cli_without_kernel_fails_validation() {
     let cli = Cli::try_parse_from(["myvm-vmm", "--serial-log", "/tmp/x.log"]).unwrap();
     assert_eq!(cli.into_config(), Err(ConfigError::NoKernel));
 }
+
+#[test]
+fn net_argument_syntax_and_errors() {
+    let n = parse_net_arg("tap=tap0,mac=02:AB:cd:00:00:01,mtu=1400").unwrap();
+    assert_eq!(n.tap, "tap0");
+    assert_eq!(n.mac, MacAddr([2, 0xab, 0xcd, 0, 0, 1]));
+    assert_eq!(n.mac.to_string(), "02:ab:cd:00:00:01");
+    assert_eq!(n.mtu, Some(1400));
+    // Any key order, mtu optional.
+    let n = parse_net_arg("mac=02:00:00:00:00:01,tap=eth-tap").unwrap();
+    assert_eq!((n.tap.as_str(), n.mtu), ("eth-tap", None));
+
+    let err = |a: &str| parse_net_arg(a).unwrap_err().to_string();
+    assert!(err("mac=02:00:00:00:00:01").contains("missing tap name"));
+    assert!(err("tap=,mac=02:00:00:00:00:01").contains("missing tap name"));
+    assert!(err("tap=t0").contains("missing MAC address"));
+    assert!(err("tap=t0,mac=02:00:00:00:00:01,speed=10").contains("unknown key \"speed\""));
+    assert!(err("tap=t0,tap=t1,mac=02:00:00:00:00:01").contains("tap given twice"));
+    assert!(err("tap=t0,mac").contains("is not key=value"));
+    assert!(err("tap=t0,mac=02:00:00:00:00:01,mtu=big").contains("mtu \"big\" is not a number"));
+    assert!(err("tap=a/b,mac=02:00:00:00:00:01").contains("bad tap name \"a/b\""));
+    assert!(err("tap=waytoolongname16,mac=02:00:00:00:00:01").contains("longer than 15 bytes"));
+    for (mac, why) in [
+        ("02:00:00:00:00", "six hex octets"),
+        ("02:00:00:00:00:01:02", "six hex octets"),
+        ("02:00:00:00:00:zz", "six hex octets"),
+        ("2:00:00:00:00:01", "six hex octets"),
+        ("01:00:5e:00:00:01", "multicast"),
+        ("00:00:00:00:00:00", "all-zero"),
+    ] {
+        let e = err(&format!("tap=t0,mac={mac}"));
+        assert!(
+            e.contains(&format!("bad MAC address {mac:?}")) && e.contains(why),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn net_devices_are_validated_and_get_slots_after_fs() {
+    let d = Dir(tmpdir("net"));
+    let mut c = valid(&d.0);
+    c.vsock_socket = Some("/v".into());
+    c.fs = vec![parse_fs_arg("a=/x").unwrap()];
+    c.net = vec![
+        parse_net_arg("tap=t0,mac=02:00:00:00:00:01").unwrap(),
+        parse_net_arg("tap=t1,mac=02:00:00:00:00:02,mtu=9000").unwrap(),
+    ];
+    assert_eq!(c.validate(), Ok(()));
+    assert_eq!(c.virtio_slots().len(), 4);
+
+    let mut bad = c.clone();
+    bad.net[1].tap = "t0".into();
+    assert_eq!(bad.validate(), Err(ConfigError::DuplicateTap("t0".into())));
+    for mtu in [0, 67, 65536] {
+        let mut bad = c.clone();
+        bad.net[0].mtu = Some(mtu);
+        assert_eq!(bad.validate(), Err(ConfigError::BadMtu("t0".into(), mtu)));
+    }
+    let mut bad = c.clone();
+    bad.net[0].tap = "a b".into();
+    assert!(matches!(bad.validate(), Err(ConfigError::BadTapName(..))));
+    let mut bad = c;
+    bad.net = (0..18)
+        .map(|i| parse_net_arg(&format!("tap=t{i},mac=02:00:00:00:00:01")).unwrap())
+        .collect();
+    assert_eq!(bad.validate(), Err(ConfigError::TooManyDevices(20)));
+}
+
+#[test]
+fn net_in_json_and_on_the_command_line() {
+    let d = Dir(tmpdir("netjson"));
+    let base = valid(&d.0);
+    let json = d.0.join("vm.json");
+    let text = format!(
+        r#"{{"kernel": {:?}, "serial_log": {:?},
+            "net": [{{"tap": "tap0", "mac": "02:00:00:00:00:01", "mtu": 1450}}]}}"#,
+        base.kernel, base.serial_log
+    );
+    std::fs::write(&json, text).unwrap();
+    let c = VmmConfig::from_json_file(&json).unwrap();
+    assert_eq!(
+        c.net,
+        vec![parse_net_arg("tap=tap0,mac=02:00:00:00:00:01,mtu=1450").unwrap()]
+    );
+    // Round trip (the MAC is a string in JSON).
+    let s = serde_json::to_string(&c).unwrap();
+    assert!(s.contains(r#""mac":"02:00:00:00:00:01""#), "{s}");
+    assert_eq!(serde_json::from_str::<VmmConfig>(&s).unwrap(), c);
+    // A bad MAC in JSON is a parse error naming it.
+    std::fs::write(
+        &json,
+        r#"{"kernel": "/k", "serial_log": "/s", "net": [{"tap": "t", "mac": "ff:ff:ff:ff:ff:ff"}]}"#,
+    )
+    .unwrap();
+    let e = VmmConfig::from_json_file(&json).unwrap_err().to_string();
+    assert!(e.contains("bad MAC address \"ff:ff:ff:ff:ff:ff\""), "{e}");
+
+    // Flags replace the file's list.
+    std::fs::write(&json, serde_json::to_string(&c).unwrap()).unwrap();
+    let cli = Cli::try_parse_from([
+        "myvm-vmm",
+        "--config",
+        json.to_str().unwrap(),
+        "--net",
+        "tap=a,mac=02:00:00:00:00:0a",
+        "--net",
+        "tap=b,mac=02:00:00:00:00:0b,mtu=9000",
+    ])
+    .unwrap();
+    let c = cli.into_config().unwrap();
+    assert_eq!(
+        c.net
+            .iter()
+            .map(|n| (n.tap.as_str(), n.mtu))
+            .collect::<Vec<_>>(),
+        vec![("a", None), ("b", Some(9000))]
+    );
+    // clap reports a bad value with our message.
+    let e = Cli::try_parse_from(["myvm-vmm", "--net", "tap=a"])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("missing MAC address"), "{e}");
+}

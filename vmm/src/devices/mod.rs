@@ -5,6 +5,7 @@ pub mod i8042;
 pub mod serial;
 pub mod vhost_user;
 pub mod virtio_mmio;
+pub mod virtio_net;
 
 pub use bus::{Bus, BusDevice};
 

@@ -1,6 +1,6 @@
-//! seccomp-BPF filters (seccompiler) for the VMM thread and the vCPU threads, installed after
-//! the VM is built (opening files, creating the VM and connecting to vhost-user daemons happen
-//! before). Any other syscall kills the whole process (SIGSYS). `--no-seccomp` turns them off.
+//! seccomp-BPF filters (seccompiler) for the VMM thread, the vCPU threads and the virtio-net
+//! thread, installed after the VM is built (opening files and taps, creating the VM and
+//! connecting to vhost-user daemons happen before). Any other syscall kills the whole process (SIGSYS). `--no-seccomp` turns them off.
 //!
 //! The allowed syscalls are the lists below; `docs/vmm.md` explains why each is needed.
 
@@ -60,6 +60,15 @@ pub const VCPU_ONLY: &[(&str, i64)] = &[
     ("recvmsg", libc::SYS_recvmsg),
 ];
 
+/// The `virtio-net` thread: waits on its epoll set (tap, queue kicks) and takes the tap out of it
+/// while the guest has no RX buffer. Frames move with `read`/`write` on the tap, interrupts and
+/// kicks are eventfd `read`/`write` (all in COMMON). glibc's epoll_wait() is the epoll_wait
+/// syscall on x86_64.
+pub const NET_ONLY: &[(&str, i64)] = &[
+    ("epoll_wait", libc::SYS_epoll_wait),
+    ("epoll_ctl", libc::SYS_epoll_ctl),
+];
+
 const fn ior(nr: u64, size: usize) -> u64 {
     (2 << 30) | ((size as u64) << 16) | (0xae << 8) | nr
 }
@@ -97,11 +106,12 @@ fn compile(lists: &[&[(&str, i64)]]) -> Result<BpfProgram, SeccompError> {
     Ok(filter.try_into()?)
 }
 
-/// Compiled filters for both kinds of threads.
+/// Compiled filters for each kind of thread.
 #[derive(Clone)]
 pub struct Filters {
     pub vmm: BpfProgram,
     pub vcpu: BpfProgram,
+    pub net: BpfProgram,
 }
 
 impl Filters {
@@ -109,6 +119,7 @@ impl Filters {
         Ok(Filters {
             vmm: compile(&[COMMON, VMM_ONLY])?,
             vcpu: compile(&[COMMON, VCPU_ONLY])?,
+            net: compile(&[COMMON, NET_ONLY])?,
         })
     }
 }
@@ -127,7 +138,7 @@ mod tests {
     #[test]
     fn filters_compile_and_ioctl_numbers_match_kvm() {
         let f = Filters::build().unwrap();
-        assert!(!f.vmm.is_empty() && !f.vcpu.is_empty());
+        assert!(!f.vmm.is_empty() && !f.vcpu.is_empty() && !f.net.is_empty());
         assert_eq!(KVM_GET_REGS, 0x8090_ae81);
         assert_eq!(KVM_GET_SREGS, 0x8138_ae83);
     }

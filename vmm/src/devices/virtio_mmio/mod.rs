@@ -2,7 +2,10 @@
 //! the guest driver talks to, queue configuration through `virtio-queue`, and kick eventfds
 //! (registered as KVM ioeventfds on QueueNotify so notifications bypass the VMM).
 
-use std::sync::Arc;
+use std::sync::{
+    atomic::{AtomicU32, Ordering},
+    Arc,
+};
 
 use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
@@ -59,6 +62,50 @@ pub mod reg {
     pub const CONFIG: u64 = 0x100;
 }
 
+/// A device's interrupt: its irqfd plus the InterruptStatus bits the driver reads and acks.
+/// Shared between the transport (register accesses on vCPU threads) and a device that serves
+/// its queues in the VMM (on its own thread).
+#[derive(Debug, Clone)]
+pub struct VirtioInterrupt {
+    line: IrqLine,
+    status: Arc<AtomicU32>,
+}
+
+impl VirtioInterrupt {
+    pub fn new(line: IrqLine) -> Self {
+        VirtioInterrupt {
+            line,
+            status: Arc::new(AtomicU32::new(0)),
+        }
+    }
+
+    /// The device put buffers in a used ring: set INT_VRING, then raise the irq (in this order,
+    /// so the driver's handler sees the bit).
+    pub fn signal_used_queue(&self) -> std::io::Result<()> {
+        self.status.fetch_or(INT_VRING, Ordering::SeqCst);
+        self.line.trigger()
+    }
+
+    /// The configuration changed (or the device needs a reset).
+    pub fn signal_config(&self) -> std::io::Result<()> {
+        self.status.fetch_or(INT_CONFIG, Ordering::SeqCst);
+        self.line.trigger()
+    }
+
+    /// InterruptStatus as the driver reads it.
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    fn ack(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    fn clear(&self) {
+        self.status.store(0, Ordering::SeqCst);
+    }
+}
+
 /// A ring the driver configured, as handed to the device on activation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ActiveQueue {
@@ -100,7 +147,7 @@ pub trait VirtioDevice: Send {
 pub struct MmioTransport {
     device: Box<dyn VirtioDevice>,
     mem: GuestMemory,
-    irq: IrqLine,
+    interrupt: VirtioInterrupt,
     kicks: Vec<Arc<EventFd>>,
     queues: Vec<Queue>,
     device_features_sel: u32,
@@ -108,7 +155,6 @@ pub struct MmioTransport {
     driver_features: u64,
     queue_sel: u32,
     status: u32,
-    interrupt_status: u32,
     config_generation: u32,
     activated: bool,
 }
@@ -118,6 +164,16 @@ impl MmioTransport {
         device: Box<dyn VirtioDevice>,
         mem: GuestMemory,
         irq: IrqLine,
+    ) -> std::io::Result<Self> {
+        Self::with_interrupt(device, mem, VirtioInterrupt::new(irq))
+    }
+
+    /// A transport whose interrupt status is shared with the device (devices that raise their
+    /// own interrupts hold a clone of `interrupt`).
+    pub fn with_interrupt(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemory,
+        interrupt: VirtioInterrupt,
     ) -> std::io::Result<Self> {
         let sizes = device.queue_max_sizes();
         let queues = sizes
@@ -131,7 +187,7 @@ impl MmioTransport {
         Ok(MmioTransport {
             device,
             mem,
-            irq,
+            interrupt,
             kicks,
             queues,
             device_features_sel: 0,
@@ -139,7 +195,6 @@ impl MmioTransport {
             driver_features: 0,
             queue_sel: 0,
             status: 0,
-            interrupt_status: 0,
             config_generation: 0,
             activated: false,
         })
@@ -179,7 +234,7 @@ impl MmioTransport {
         self.driver_features = 0;
         self.queue_sel = 0;
         self.status = 0;
-        self.interrupt_status = 0;
+        self.interrupt.clear();
     }
 
     fn features_ok(&self) -> bool {
@@ -261,8 +316,7 @@ impl MmioTransport {
             "virtio-mmio: {why}"
         );
         self.status |= status::DEVICE_NEEDS_RESET;
-        self.interrupt_status |= INT_CONFIG;
-        let _ = self.irq.trigger();
+        let _ = self.interrupt.signal_config();
     }
 
     fn read_reg(&mut self, offset: u64) -> u32 {
@@ -279,7 +333,7 @@ impl MmioTransport {
             reg::QUEUE_NUM_MAX => self.queue().map_or(0, |q| q.max_size().into()),
             reg::QUEUE_READY => self.queue().map_or(0, |q| q.ready().into()),
             reg::INTERRUPT_STATUS => {
-                let mut s = self.interrupt_status;
+                let mut s = self.interrupt.status();
                 if self.activated && self.device.vring_irq_always() {
                     s |= INT_VRING;
                 }
@@ -358,7 +412,7 @@ impl MmioTransport {
                     let _ = k.write(1);
                 }
             }
-            reg::INTERRUPT_ACK => self.interrupt_status &= !v,
+            reg::INTERRUPT_ACK => self.interrupt.ack(v),
             reg::STATUS => self.set_status(v),
             reg::SHM_SEL => {}
             _ => tracing::debug!("virtio-mmio: write of unknown register {offset:#x}"),
