@@ -1,6 +1,7 @@
 //! The `builtin` backend: our own VMM, `myvm-vmm` (vmm/), attached to the same vhost-user
-//! daemons as QEMU. It appends the `virtio_mmio.device=` entries (vsock first, then the fs
-//! devices in order) and, on hosts without vmx/svm, the kernel parameters KVM-PVM needs.
+//! daemons as QEMU, with its own virtio-net devices on the pod's taps. It appends the
+//! `virtio_mmio.device=` entries (vsock first, then the fs devices, then the net devices, in
+//! order) and, on hosts without vmx/svm, the kernel parameters KVM-PVM needs.
 //! Exit status 0 = guest reset/power-off; 1 = runtime failure; 2 = bad configuration.
 
 use std::{path::PathBuf, process::Command};
@@ -42,6 +43,16 @@ impl Builtin {
             a.push("--fs".into());
             a.push(format!("{}={}", fs.tag, fs.vhost_socket.display()));
         }
+        // In-process virtio-net on the tap (opened by name in the pod netns the VMM runs in);
+        // mtu 0 = not announced, as QEMU's host_mtu=0.
+        for net in &c.net {
+            let mut v = format!("tap={},mac={}", net.tap, net.mac);
+            if net.mtu != 0 {
+                v.push_str(&format!(",mtu={}", net.mtu));
+            }
+            a.push("--net".into());
+            a.push(v);
+        }
         a
     }
 }
@@ -73,7 +84,7 @@ impl Hypervisor for Builtin {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hypervisor::FsDevice;
+    use crate::hypervisor::{FsDevice, NetDevice};
 
     #[test]
     fn command_line() {
@@ -89,15 +100,27 @@ mod tests {
                 tag: "myvmfs".into(),
                 vhost_socket: "/d/fs.sock".into(),
             }],
-            net: vec![],
-            netns: None,
+            net: vec![
+                NetDevice {
+                    tap: "tap0_myvm".into(),
+                    mac: "0a:58:0a:f4:00:05".into(),
+                    mtu: 1450,
+                },
+                NetDevice {
+                    tap: "tap1_myvm".into(),
+                    mac: "0a:58:0a:f4:00:06".into(),
+                    mtu: 0,
+                },
+            ],
+            netns: Some("/var/run/netns/cni-1".into()),
             work_dir: "/d".into(),
         };
         let a = Builtin::new("myvm-vmm".into()).args(&c).join(" ");
         assert_eq!(
             a,
             "--kernel /k --initrd /i --cmdline console=ttyS0 --vcpus 2 --memory-mib 128 --serial-log /d/serial.log \
-             --vsock-socket /d/v.sock --fs myvmfs=/d/fs.sock"
+             --vsock-socket /d/v.sock --fs myvmfs=/d/fs.sock \
+             --net tap=tap0_myvm,mac=0a:58:0a:f4:00:05,mtu=1450 --net tap=tap1_myvm,mac=0a:58:0a:f4:00:06"
         );
     }
 }
