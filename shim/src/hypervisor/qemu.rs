@@ -43,6 +43,12 @@ impl Qemu {
             &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
         ]);
         push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
+        // QEMU's own seccomp filter: no obsolete syscalls, no setuid/exec/fork, no scheduler or
+        // resource changes, once the VM is set up.
+        push(&[
+            "-sandbox",
+            "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        ]);
         push(&["-serial", &format!("file:{}", config.serial_log.display())]);
         push(&["-kernel", &config.kernel.display().to_string()]);
         push(&["-initrd", &config.initrd.display().to_string()]);
