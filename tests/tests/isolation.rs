@@ -1,0 +1,924 @@
+//! Escape and isolation, through real microVMs: what root in a container of a myvm pod can see and
+//! do. Every check compares with a fact the test gathers on the host, so it fails if the
+//! boundary is not there:
+//!
+//! - the host's processes, files, kernel, network interfaces, memory and /dev/kvm are not visible;
+//! - `mount`, `unshare` and module loading are refused by the container's spec (capabilities,
+//!   seccomp), and a privileged container, which may do them, shows the refusals come from the spec;
+//! - a memory hog, a full tmpfs and a fork bomb stay inside their limits while a second pod keeps
+//!   answering;
+//! - a VMM killed from the host or a guest kernel panic ends that pod with exit 137 and a clear
+//!   error, `ctr task rm`/`container rm` work, and nothing of the pod is left on the host.
+//!
+//! Container ids carry the test's pid: `/run/myvm` is shared by every containerd on the host.
+
+use std::{
+    collections::BTreeSet,
+    os::unix::process::CommandExt,
+    path::Path,
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use myvm::shim::sandbox::{cleanup_dead, sandboxes_root, shared_dir, vm_dir_name};
+use myvm_tests::{
+    built_kernel_release,
+    containerd::Containerd,
+    cri::{container_config, pod_config, v1, Cri},
+    pid_alive, wait_until, TempDir,
+};
+
+const RT: &str = "io.containerd.myvm.v2";
+const IMAGE: &str = "localhost/busybox:latest";
+
+/// Capability bits (linux/capability.h).
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_MODULE: u32 = 16;
+const CAP_SYS_RAWIO: u32 = 17;
+const CAP_SYS_PTRACE: u32 = 19;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_SYS_BOOT: u32 = 22;
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit: {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// A container id unique to this test process.
+fn uid(name: &str) -> String {
+    format!("iso-{name}-{}", std::process::id())
+}
+
+/// `ctr run --rm` of `script` in a new pod (its own microVM), with `opts` before the image.
+fn run_sh(c: &Containerd, opts: &[&str], id: &str, script: &str) -> Output {
+    let mut args = vec!["run", "--rm", "--runtime", RT];
+    args.extend_from_slice(opts);
+    args.extend_from_slice(&[IMAGE, id, "sh", "-c", script]);
+    let o = c.ctr(&args);
+    let _ = c.ctr(&["container", "rm", id]);
+    o
+}
+
+/// `key=value` lines of a script's output.
+fn value<'a>(out: &'a str, key: &str) -> Option<&'a str> {
+    out.lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+}
+
+/// The exit code a script printed as `key=<code>`.
+fn code(out: &str, key: &str) -> i32 {
+    value(out, key)
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key}=<code> in:\n{out}"))
+}
+
+/// `CapEff` of /proc/self/status as printed by the script.
+fn cap_eff(out: &str) -> u64 {
+    out.lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or_else(|| panic!("no CapEff in:\n{out}"))
+}
+
+fn has_cap(caps: u64, bit: u32) -> bool {
+    caps & (1 << bit) != 0
+}
+
+/// Processes on the host: (pid, parent pid, command line with spaces).
+fn host_processes() -> Vec<(u32, u32, String)> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let ppid = std::fs::read_to_string(e.path().join("stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit(')')
+                    .next()?
+                    .split_whitespace()
+                    .nth(1)?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0);
+        found.push((pid, ppid, String::from_utf8_lossy(&cmd).replace('\0', " ")));
+    }
+    found
+}
+
+/// The shim of pod `id` of this containerd: (pid, command line).
+fn shim_of(c: &Containerd, id: &str) -> Option<(u32, String)> {
+    let flag = format!(" -id {id} ");
+    c.shims().into_iter().find(|(_, cmd)| cmd.contains(&flag))
+}
+
+/// The socket path in a shim's command line (`-socket unix://PATH`).
+fn shim_socket(cmd: &str) -> Option<&str> {
+    cmd.split(' ')
+        .skip_while(|a| *a != "-socket")
+        .nth(1)
+        .and_then(|v| v.strip_prefix("unix://"))
+}
+
+/// Everything of pod `id` (namespace `ns`) still on the host: processes, mounts, directories.
+fn leftovers(ns: &str, id: &str) -> Vec<String> {
+    let vm_dir = sandboxes_root(ns).join(vm_dir_name(id));
+    let shared = shared_dir(ns, id);
+    let mut left = Vec::new();
+    for (pid, _, cmd) in host_processes() {
+        let ours = cmd.contains(&format!("{}/", vm_dir.display()))
+            || cmd.contains(&shared.display().to_string())
+            || (cmd.contains("containerd-shim-myvm-v2") && cmd.contains(&format!(" -id {id} ")));
+        if ours && pid_alive(pid) {
+            left.push(format!("process {pid}: {cmd}"));
+        }
+    }
+    for line in std::fs::read_to_string("/proc/self/mounts")
+        .unwrap()
+        .lines()
+    {
+        let target = line.split(' ').nth(1).unwrap_or("");
+        if target.starts_with(&vm_dir.display().to_string())
+            || target.starts_with(&shared.display().to_string())
+        {
+            left.push(format!("mount {line}"));
+        }
+    }
+    for dir in [&vm_dir, &shared] {
+        if dir.exists() {
+            left.push(format!("directory {}", dir.display()));
+        }
+    }
+    left
+}
+
+/// Makes sure pods of a failed test go: kills their shims (containerd then runs the shim's
+/// `delete`, which unmounts and removes what the pod left), waits, and cleans up what remains.
+/// A passing test has already removed them; then this does nothing.
+struct PodGuard<'a> {
+    c: &'a Containerd,
+    pods: Vec<(&'static str, String)>,
+}
+
+impl<'a> PodGuard<'a> {
+    fn new(c: &'a Containerd) -> Self {
+        PodGuard {
+            c,
+            pods: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, ns: &'static str, id: &str) {
+        self.pods.push((ns, id.to_string()));
+    }
+}
+
+impl Drop for PodGuard<'_> {
+    fn drop(&mut self) {
+        for (ns, id) in &self.pods {
+            if let Some((pid, cmd)) = shim_of(self.c, id) {
+                // Its socket is in containerd's shared /run/containerd/s.
+                if let Some(socket) = shim_socket(&cmd) {
+                    let _ = std::fs::remove_file(socket);
+                }
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+                let t = Instant::now();
+                while pid_alive(pid) && t.elapsed() < Duration::from_secs(5) {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            let t = Instant::now();
+            while !leftovers(ns, id).is_empty() && t.elapsed() < Duration::from_secs(5) {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            cleanup_dead(ns, id, id);
+        }
+    }
+}
+
+/// A child process killed (and reaped) on drop.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Exec in a running task of this containerd: it must answer, and quickly, while another pod is
+/// misbehaving.
+fn assert_answers(c: &Containerd, id: &str, what: &str) {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let exec_id = format!(
+        "alive{}",
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    let t = Instant::now();
+    let o = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        &exec_id,
+        id,
+        "sh",
+        "-c",
+        "echo alive",
+    ]);
+    let took = t.elapsed();
+    assert_eq!(
+        (o.status.code(), stdout(&o).as_str()),
+        (Some(0), "alive\n"),
+        "the second pod did not answer {what}: {}",
+        text(&o)
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "the second pod took {took:?} to answer {what}"
+    );
+}
+
+/// Starts a long-running pod `id` (`ctr run -d`, with `opts`) that does nothing.
+fn start_idle_pod(c: &Containerd, opts: &[&str], id: &str) {
+    let mut args = vec!["run", "-d", "--runtime", RT];
+    args.extend_from_slice(opts);
+    args.extend_from_slice(&[
+        IMAGE,
+        id,
+        "sh",
+        "-c",
+        "trap 'exit 0' TERM; while true; do sleep 1; done",
+    ]);
+    let o = c.ctr(&args);
+    assert!(o.status.success(), "starting {id}: {}", text(&o));
+}
+
+/// Kills, deletes and removes pod `id` started with `ctr run -d`; nothing of it may remain.
+fn remove_pod(c: &Containerd, id: &str) {
+    let _ = c.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+    wait_until(&format!("{id} to stop"), Duration::from_secs(30), || {
+        stdout(&c.ctr(&["task", "ls"]))
+            .lines()
+            .any(|l| l.starts_with(&format!("{id} ")) && l.contains("STOPPED"))
+    });
+    let o = c.ctr(&["task", "rm", id]);
+    assert!(o.status.success(), "task rm {id}: {}", text(&o));
+    let o = c.ctr(&["container", "rm", id]);
+    assert!(o.status.success(), "container rm {id}: {}", text(&o));
+    wait_until(
+        &format!("nothing of {id} left"),
+        Duration::from_secs(15),
+        || leftovers("default", id).is_empty(),
+    );
+}
+
+/// Host network interfaces (not `lo`) and their MAC addresses.
+fn host_interfaces() -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut names = BTreeSet::new();
+    let mut macs = BTreeSet::new();
+    for e in std::fs::read_dir("/sys/class/net").unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == "lo" {
+            continue;
+        }
+        if let Ok(mac) = std::fs::read_to_string(e.path().join("address")) {
+            let mac = mac.trim().to_string();
+            if mac.chars().any(|ch| ch != '0' && ch != ':') {
+                macs.insert(mac);
+            }
+        }
+        names.insert(name);
+    }
+    (names, macs)
+}
+
+#[test]
+fn root_in_a_container_sees_its_guest_not_the_host() {
+    let c = Containerd::start();
+    let mut guard = PodGuard::new(&c);
+
+    // Host facts.
+    let host_release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap()
+        .trim()
+        .to_string();
+    let host_boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap()
+        .trim()
+        .to_string();
+    let host_mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap();
+    assert!(
+        Path::new("/dev/kvm").exists(),
+        "the host has no /dev/kvm: this test checks it stays invisible"
+    );
+    assert_ne!(
+        host_release,
+        built_kernel_release(),
+        "host and guest kernels must differ"
+    );
+    let (host_ifs, host_macs) = host_interfaces();
+    // A uniquely named host process.
+    let canary = format!("myvm-isolation-canary-{}", std::process::id());
+    let canary_proc = KillOnDrop(
+        Command::new("sleep")
+            .arg0(&canary)
+            .arg("600")
+            .spawn()
+            .unwrap(),
+    );
+    let canary_pid = canary_proc.0.id();
+    // A host file that must stay invisible, and a twin the container gets through a bind mount
+    // (the control: the search below does find a host file where one is shared).
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let secret_name = format!("host-secret-{}-{nonce}", std::process::id());
+    let hidden = TempDir::new("myvm-iso-hidden");
+    let marker = hidden.path().join(&secret_name);
+    std::fs::write(&marker, "host only\n").unwrap();
+    let shared = TempDir::new("myvm-iso-shared");
+    std::fs::write(
+        shared.path().join(format!("{secret_name}-shared")),
+        "shared\n",
+    )
+    .unwrap();
+
+    let id = uid("view");
+    guard.add("default", &id);
+    let script = format!(
+        r#"echo "uname=$(uname -r)"
+echo "boot_id=$(cat /proc/sys/kernel/random/boot_id)"
+echo "uid=$(id -u)"
+echo "mem=$(grep MemTotal /proc/meminfo | tr -s ' ' | cut -d' ' -f2)"
+for p in /proc/[0-9]*; do echo "proc=${{p#/proc/}} $(tr '\0' ' ' < $p/cmdline)"; done
+test -e /proc/{canary_pid} && echo canary_pid=present || echo canary_pid=absent
+for n in /sys/class/net/*; do echo "net=${{n##*/}} $(cat $n/address)"; done
+test -e /dev/kvm && echo kvm=present || echo kvm=absent
+test -e '{marker}' && echo marker=present || echo marker=absent
+find / -path /proc -prune -o -path /sys -prune -o -name 'host-secret-*' -print | sed 's/^/found=/'
+"#,
+        marker = marker.display()
+    );
+    let o = run_sh(
+        &c,
+        &[
+            "--mount",
+            &format!(
+                "type=bind,src={},dst=/control,options=rbind:ro",
+                shared.path().display()
+            ),
+        ],
+        &id,
+        &script,
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = stdout(&o);
+
+    // Root, but in its own kernel: the guest's release and boot, the guest's memory.
+    assert_eq!(value(&out, "uid"), Some("0"), "{out}");
+    assert_eq!(
+        value(&out, "uname"),
+        Some(built_kernel_release().as_str()),
+        "{out}"
+    );
+    assert_ne!(value(&out, "uname"), Some(host_release.as_str()), "{out}");
+    let boot_id = value(&out, "boot_id").unwrap_or_default();
+    assert!(
+        !boot_id.is_empty() && boot_id != host_boot_id,
+        "boot id {boot_id:?}"
+    );
+    let mem: u64 = value(&out, "mem").and_then(|v| v.parse().ok()).unwrap();
+    assert!(
+        mem < 1024 * 1024 && mem * 8 < host_mem_kib,
+        "the container sees {mem} kB of RAM (host {host_mem_kib} kB)"
+    );
+
+    // Processes: only the container's own; the host's canary, containerd, shims, QEMU: none.
+    let procs: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("proc="))
+        .collect();
+    assert!(!procs.is_empty(), "no /proc entries:\n{out}");
+    for p in &procs {
+        for host_only in [
+            canary.as_str(),
+            "containerd",
+            "qemu",
+            "virtiofsd",
+            "vhost-device",
+        ] {
+            assert!(!p.contains(host_only), "host process visible: {p}");
+        }
+    }
+    assert!(
+        procs.len() < 10,
+        "more processes than the container's own:\n{procs:#?}"
+    );
+    assert_eq!(value(&out, "canary_pid"), Some("absent"), "{out}");
+
+    // Network interfaces: the guest's own; none of the host's names or MACs.
+    let nets: Vec<(&str, &str)> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("net="))
+        .filter_map(|l| l.split_once(' '))
+        .collect();
+    assert!(nets.iter().any(|(n, _)| *n == "lo"), "{out}");
+    for (name, mac) in &nets {
+        assert!(
+            !host_ifs.contains(*name),
+            "host interface {name} visible:\n{out}"
+        );
+        assert!(
+            !host_macs.contains(*mac),
+            "host MAC {mac} ({name}) visible:\n{out}"
+        );
+    }
+
+    // Devices and files.
+    assert_eq!(
+        value(&out, "kvm"),
+        Some("absent"),
+        "/dev/kvm visible:\n{out}"
+    );
+    assert_eq!(
+        value(&out, "marker"),
+        Some("absent"),
+        "host file visible:\n{out}"
+    );
+    let found: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("found="))
+        .collect();
+    assert_eq!(
+        found,
+        vec![format!("/control/{secret_name}-shared").as_str()],
+        "the search must find the shared twin and nothing else"
+    );
+    drop(canary_proc);
+    assert!(
+        leftovers("default", &id).is_empty(),
+        "{:?}",
+        leftovers("default", &id)
+    );
+}
+
+/// What a script tries, each attempt printing `<what>=<exit code>` after its error message.
+const ATTEMPTS: &str = r#"grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status
+mkdir -p /mnt
+mount -t tmpfs none /mnt 2>&1; echo "mount=$?"
+unshare -m true 2>&1; echo "unshare_mount=$?"
+unshare -n true 2>&1; echo "unshare_net=$?"
+unshare -U true 2>&1; echo "unshare_user=$?"
+printf 'not an ELF module' > /tmp/m.ko; insmod /tmp/m.ko 2>&1; echo "insmod=$?"
+(echo 0 > /proc/sys/vm/panic_on_oom) 2>&1; echo "sysctl=$?"
+cat /dev/kvm 2>&1; echo "kvm=$?"
+echo "uname=$(uname -r)"
+"#;
+
+#[test]
+fn default_spec_refuses_mount_unshare_and_module_loading() {
+    let c = Containerd::start();
+    let _guard = {
+        let mut g = PodGuard::new(&c);
+        for n in ["default", "seccomp", "privileged"] {
+            g.add("default", &uid(n));
+        }
+        g
+    };
+    let guest = built_kernel_release();
+
+    // ctr's default spec: containerd's default capabilities (no CAP_SYS_ADMIN, no
+    // CAP_SYS_MODULE...), no_new_privileges, read-only /proc/sys, and no seccomp profile (ctr adds
+    // containerd's default profile only with --seccomp, checked below; CRI only for pods asking
+    // RuntimeDefault). The refusals here are the capabilities'.
+    let o = run_sh(&c, &[], &uid("default"), ATTEMPTS);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = stdout(&o);
+    let caps = cap_eff(&out);
+    for (name, bit) in [
+        ("CAP_SYS_ADMIN", CAP_SYS_ADMIN),
+        ("CAP_SYS_MODULE", CAP_SYS_MODULE),
+        ("CAP_SYS_BOOT", CAP_SYS_BOOT),
+        ("CAP_SYS_PTRACE", CAP_SYS_PTRACE),
+        ("CAP_SYS_RAWIO", CAP_SYS_RAWIO),
+        ("CAP_NET_ADMIN", CAP_NET_ADMIN),
+    ] {
+        assert!(!has_cap(caps, bit), "{name} in CapEff {caps:x}");
+    }
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    assert!(
+        out.contains("Seccomp:\t0"),
+        "ctr's default spec has no seccomp: {out}"
+    );
+    assert_ne!(code(&out, "mount"), 0, "mount allowed:\n{out}");
+    assert!(out.contains("permission denied"), "{out}");
+    assert_ne!(code(&out, "unshare_mount"), 0, "unshare -m allowed:\n{out}");
+    assert_ne!(code(&out, "unshare_net"), 0, "unshare -n allowed:\n{out}");
+    assert!(
+        out.contains("unshare(0x20000): Operation not permitted"),
+        "{out}"
+    );
+    assert!(
+        out.contains("unshare(0x40000000): Operation not permitted"),
+        "{out}"
+    );
+    // No CAP_SYS_MODULE (above); the guest kernel has no module support at all either
+    // (CONFIG_MODULES is off: ENOSYS, see the privileged control below).
+    assert_ne!(code(&out, "insmod"), 0, "insmod allowed:\n{out}");
+    // /proc/sys is read-only: no kernel knobs (the panic test below needs a privileged container).
+    assert_ne!(code(&out, "sysctl"), 0, "/proc/sys writable:\n{out}");
+    assert!(out.contains("Read-only file system"), "{out}");
+    assert_ne!(code(&out, "kvm"), 0, "{out}");
+    // The baseline for the seccomp check: without a profile, a user namespace (no capability
+    // needed) can be made.
+    assert_eq!(code(&out, "unshare_user"), 0, "{out}");
+
+    // With containerd's default seccomp profile: the filter is installed and enforced in the
+    // guest (it refuses even what needs no capability, and init_module before the kernel looks).
+    let o = run_sh(&c, &["--seccomp"], &uid("seccomp"), ATTEMPTS);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = stdout(&o);
+    assert!(out.contains("Seccomp:\t2"), "no seccomp filter: {out}");
+    assert!(!has_cap(cap_eff(&out), CAP_SYS_ADMIN), "{out}");
+    for what in [
+        "mount",
+        "unshare_mount",
+        "unshare_net",
+        "unshare_user",
+        "insmod",
+    ] {
+        assert_ne!(code(&out, what), 0, "{what} allowed under seccomp:\n{out}");
+    }
+    assert!(
+        out.contains("unshare(0x10000000): Operation not permitted"),
+        "{out}"
+    );
+    assert!(
+        out.contains("insmod: can't insert '/tmp/m.ko': Operation not permitted"),
+        "{out}"
+    );
+
+    // The control: a privileged container may mount and unshare, so the refusals above are the
+    // spec's. It is still in the guest: no module support there at all (ENOSYS), and the
+    // /dev/kvm node ctr copies from the host's device list opens nothing (the guest kernel has
+    // no KVM).
+    let o = run_sh(&c, &["--privileged"], &uid("privileged"), ATTEMPTS);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = stdout(&o);
+    assert!(has_cap(cap_eff(&out), CAP_SYS_ADMIN), "{out}");
+    for what in ["mount", "unshare_mount", "unshare_net", "sysctl"] {
+        assert_eq!(
+            code(&out, what),
+            0,
+            "{what} refused even privileged:\n{out}"
+        );
+    }
+    assert_ne!(code(&out, "insmod"), 0, "{out}");
+    assert!(out.contains("kernel does not support"), "{out}");
+    assert_ne!(code(&out, "kvm"), 0, "/dev/kvm opened in the guest:\n{out}");
+    assert!(out.contains("/dev/kvm': No such device"), "{out}");
+    assert_eq!(value(&out, "uname"), Some(guest.as_str()), "{out}");
+}
+
+#[test]
+fn memory_hog_and_disk_fill_stay_in_their_limits_beside_a_second_pod() {
+    let c = Containerd::start();
+    let mut guard = PodGuard::new(&c);
+    let mut events = KillOnDrop(
+        Command::new("ctr")
+            .arg("-a")
+            .arg(&c.socket)
+            .arg("events")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let bystander = uid("bystander");
+    guard.add("default", &bystander);
+    start_idle_pod(&c, &[], &bystander);
+    assert_answers(&c, &bystander, "before");
+
+    // A memory hog under a 32 MiB limit, in a 256 MiB guest: it doubles a string, printing its
+    // size, until the OOM killer ends it (137). Its last size shows it was the container's limit,
+    // not the guest's memory, that stopped it.
+    let hog = uid("hog");
+    guard.add("default", &hog);
+    let o = run_sh(
+        &c,
+        &["--memory-limit", "33554432"],
+        &hog,
+        "x=a; n=1; while true; do x=$x$x; n=$((n * 2)); echo $n; done",
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(137),
+        "the hog was not OOM-killed: {}",
+        text(&o)
+    );
+    let last: u64 = stdout(&o)
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        (1 << 20..32 << 20).contains(&last),
+        "the hog reached {last} bytes under a 32 MiB limit"
+    );
+    assert_answers(&c, &bystander, "after the memory hog");
+
+    // A process filling a 16 MiB tmpfs gets ENOSPC at 16 MiB.
+    let fill = uid("fill");
+    guard.add("default", &fill);
+    let o = run_sh(
+        &c,
+        &["--mount", "type=tmpfs,src=tmpfs,dst=/fill,options=size=16m"],
+        &fill,
+        "dd if=/dev/zero of=/fill/big bs=1M count=64 2>&1; echo dd=$?; \
+         echo size=$(stat -c %s /fill/big)",
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = stdout(&o);
+    assert_ne!(code(&out, "dd"), 0, "64 MiB fit in a 16 MiB tmpfs:\n{out}");
+    assert!(out.contains("No space left on device"), "{out}");
+    assert_eq!(value(&out, "size"), Some("16777216"), "{out}");
+    assert_answers(&c, &bystander, "after the disk fill");
+
+    remove_pod(&c, &bystander);
+    for id in [&hog, &fill] {
+        assert!(
+            leftovers("default", id).is_empty(),
+            "{:?}",
+            leftovers("default", id)
+        );
+    }
+    let _ = events.0.kill();
+    let mut ev = String::new();
+    let _ = std::io::Read::read_to_string(events.0.stdout.as_mut().unwrap(), &mut ev);
+    assert!(
+        ev.lines()
+            .any(|l| l.contains("/tasks/oom") && l.contains(&hog)),
+        "no OOM event for {hog}:\n{ev}"
+    );
+}
+
+/// `pids.current` and `pids.limit` from `ctr task metrics` (the guest's cgroup, as the shim
+/// reports it).
+fn pids_metrics(c: &Containerd, ns: &str, id: &str) -> Option<(u64, u64)> {
+    let out = stdout(&c.ctr_ns(ns, &["task", "metrics", id]));
+    let get = |key: &str| {
+        out.lines()
+            .find(|l| l.trim_start().starts_with(key))
+            .and_then(|l| l.split_whitespace().last()?.parse().ok())
+    };
+    Some((get("pids.current")?, get("pids.limit")?))
+}
+
+#[test]
+fn fork_bomb_stays_in_its_pids_limit_beside_a_second_pod() {
+    let c = Containerd::start();
+    let mut cri = Cri::connect(&c.socket);
+    let logs = TempDir::new("myvm-iso-logs");
+    let mut guard = PodGuard::new(&c);
+
+    let b_cfg = pod_config(&uid("quiet"), logs.path());
+    let pod_b = cri.run_pod(&b_cfg, "myvm").expect("RunPodSandbox quiet");
+    guard.add("k8s.io", &pod_b);
+    let quiet = cri
+        .start_container(
+            &pod_b,
+            &b_cfg,
+            container_config(
+                "quiet",
+                &[
+                    "sh",
+                    "-c",
+                    "trap 'exit 0' TERM; while true; do sleep 1; done",
+                ],
+            ),
+        )
+        .expect("quiet");
+
+    // ctr 1.6 has no pids flag (and no `task update`); CRI passes `unified` to the spec, and the
+    // agent's libcontainer writes it to the container's cgroup in the guest.
+    let a_cfg = pod_config(&uid("bomb"), logs.path());
+    let pod_a = cri.run_pod(&a_cfg, "myvm").expect("RunPodSandbox bomb");
+    guard.add("k8s.io", &pod_a);
+    let mut bomb_cfg = container_config(
+        "bomb",
+        &[
+            "sh",
+            "-c",
+            "bomb() { bomb | bomb & }; bomb; exec sleep 3600",
+        ],
+    );
+    bomb_cfg.linux = Some(v1::LinuxContainerConfig {
+        resources: Some(v1::LinuxContainerResources {
+            unified: [("pids.max".to_string(), "64".to_string())].into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let bomb = cri.start_container(&pod_a, &a_cfg, bomb_cfg).expect("bomb");
+
+    // For a while: the bomb fills its 64 pids and no more; the other pod answers at once.
+    let mut peak = 0;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(4) {
+        let (current, limit) = pids_metrics(&c, "k8s.io", &bomb)
+            .unwrap_or_else(|| panic!("no pids metrics for the bomb"));
+        assert_eq!(limit, 64, "pids limit");
+        assert!(current <= 64, "{current} pids over a limit of 64");
+        peak = peak.max(current);
+        let s = Instant::now();
+        let (code, out, err) = cri.exec_sync(&quiet, &["echo", "alive"]);
+        assert_eq!((code, out.as_str()), (0, "alive\n"), "{err}");
+        assert!(
+            s.elapsed() < Duration::from_secs(10),
+            "the other pod took {:?} to answer",
+            s.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(peak >= 48, "the fork bomb reached only {peak} pids");
+    assert_eq!(
+        cri.container_status(&bomb).state(),
+        v1::ContainerState::ContainerRunning
+    );
+
+    for pod in [&pod_a, &pod_b] {
+        cri.remove_pod(pod).expect("removing a pod");
+    }
+    wait_until("the pods' shims to exit", Duration::from_secs(20), || {
+        shim_of(&c, &pod_a).is_none() && shim_of(&c, &pod_b).is_none()
+    });
+    for pod in [&pod_a, &pod_b] {
+        assert_eq!(leftovers("k8s.io", pod), Vec::<String>::new());
+    }
+}
+
+/// A pod whose VM will die (`ctr run -d` of an idle container, with `opts`): its VMM's pid and
+/// its shim's socket.
+fn start_victim(c: &Containerd, opts: &[&str], id: &str) -> (u32, String) {
+    start_idle_pod(c, opts, id);
+    let (shim, cmd) = shim_of(c, id).expect("the victim's shim");
+    let socket = shim_socket(&cmd).expect("the shim's -socket").to_string();
+    let vmm = host_processes()
+        .into_iter()
+        .find(|(_, ppid, cmd)| {
+            *ppid == shim
+                && cmd
+                    .split(' ')
+                    .next()
+                    .is_some_and(|a| a.ends_with("qemu-system-x86_64") || a.ends_with("myvm-vmm"))
+        })
+        .map(|(pid, _, _)| pid)
+        .expect("the victim's VMM");
+    (vmm, socket)
+}
+
+/// The last lines of containerd's log (the shims log through it).
+fn log_tail(c: &Containerd, n: usize) -> String {
+    let log = std::fs::read_to_string(c.dir().join("containerd.log")).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// After the victim's VM is gone: the task is reported stopped with status 137, containerd's log
+/// says why, `ctr task rm` and `ctr container rm` work, and nothing of the pod is left on the
+/// host (processes, mounts, directories, the shim's socket). Returns the log lines about `id`.
+fn assert_pod_ended_cleanly(c: &Containerd, id: &str, socket: &str) -> String {
+    let stopped = || {
+        stdout(&c.ctr(&["task", "ls"]))
+            .lines()
+            .any(|l| l.starts_with(&format!("{id} ")) && l.contains("STOPPED"))
+    };
+    let t = Instant::now();
+    while !stopped() {
+        if t.elapsed() > Duration::from_secs(20) {
+            panic!(
+                "{id} still not reported stopped 20 s after its VM ended:\n{}\n\
+                 containerd's log:\n{}",
+                stdout(&c.ctr(&["task", "ls"])),
+                log_tail(c, 6)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log: String = std::fs::read_to_string(c.dir().join("containerd.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(id))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("level=error") && l.contains("VM")),
+        "no error about {id}'s VM in containerd's log:\n{log}"
+    );
+    // ctr 1.6 reports a non-zero exit status of the deleted task as a warning.
+    let o = c.ctr(&["task", "rm", id]);
+    assert!(o.status.success(), "task rm {id}: {}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("non-zero exit code 137"),
+        "{id} did not exit with 137: {}",
+        text(&o)
+    );
+    let o = c.ctr(&["container", "rm", id]);
+    assert!(o.status.success(), "container rm {id}: {}", text(&o));
+    wait_until(
+        &format!("nothing of {id} left on the host"),
+        Duration::from_secs(15),
+        || leftovers("default", id).is_empty() && !Path::new(socket).exists(),
+    );
+    log
+}
+
+#[test]
+fn vmm_killed_from_the_host_ends_the_pod_and_leaves_nothing() {
+    let c = Containerd::start();
+    let mut guard = PodGuard::new(&c);
+    let id = uid("vmmkill");
+    guard.add("default", &id);
+    let (vmm, socket) = start_victim(&c, &[], &id);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(vmm as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert_pod_ended_cleanly(&c, &id, &socket);
+}
+
+#[test]
+fn guest_kernel_panic_ends_the_pod_and_spares_the_other() {
+    let c = Containerd::start();
+    let mut guard = PodGuard::new(&c);
+    let bystander = uid("panic-bystander");
+    guard.add("default", &bystander);
+    start_idle_pod(&c, &[], &bystander);
+
+    // Root in a privileged container can panic its guest's kernel: panic on any OOM, then an OOM
+    // under the container's memory limit. (The agent is PID 1 of the guest, out of every
+    // container's pid namespace; its death would panic the kernel the same way, "Attempted to
+    // kill init".)
+    let id = uid("panic");
+    guard.add("default", &id);
+    let (vmm, socket) = start_victim(&c, &["--privileged", "--memory-limit", "33554432"], &id);
+    let o = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "arm",
+        &id,
+        "sh",
+        "-c",
+        "echo 2 > /proc/sys/vm/panic_on_oom; cat /proc/sys/vm/panic_on_oom",
+    ]);
+    assert_eq!(stdout(&o), "2\n", "{}", text(&o));
+    let o = c.ctr(&[
+        "task",
+        "exec",
+        "-d",
+        "--exec-id",
+        "hog",
+        &id,
+        "sh",
+        "-c",
+        "x=a; while true; do x=$x$x; done",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    // panic=-1 on the guest's command line: the panic resets the guest, and the VMM exits.
+    wait_until(
+        "the panicked guest's VMM to exit",
+        Duration::from_secs(30),
+        || !pid_alive(vmm),
+    );
+    let log = assert_pod_ended_cleanly(&c, &id, &socket);
+    // A clear error says why the VM ended: the guest's last console lines.
+    assert!(
+        log.contains("Kernel panic"),
+        "containerd's log does not say the guest kernel panicked:\n{log}"
+    );
+    assert_answers(&c, &bystander, "after the other pod's guest panicked");
+    remove_pod(&c, &bystander);
+}
