@@ -269,6 +269,12 @@ impl Vm {
         alive(&mut self.hv, &mut self.vsock)
     }
 
+    /// True while the VMM and the vsock daemon run (reaps them if they exited: a dead child
+    /// is a zombie, and its /proc entry stays until it is reaped).
+    pub fn is_running(&mut self) -> bool {
+        self.check_alive().is_ok()
+    }
+
     /// When the boot's steps happened.
     pub fn timeline(&self) -> BootTimeline {
         self.timeline

@@ -49,6 +49,14 @@ fn killed_shim_takes_its_vm_along_and_containerd_cleans_up() {
     let shims = c.shims();
     assert_eq!(shims.len(), 1);
     let shim = shims[0].0;
+    let socket = shims[0]
+        .1
+        .split(' ')
+        .skip_while(|a| *a != "-socket")
+        .nth(1)
+        .and_then(|a| a.strip_prefix("unix://"))
+        .expect("the shim's -socket")
+        .to_string();
     let helpers = children(shim);
     assert!(
         helpers.len() >= 3,
@@ -87,6 +95,10 @@ fn killed_shim_takes_its_vm_along_and_containerd_cleans_up() {
     assert!(!mounts.contains(&shared.display().to_string()), "{mounts}");
     let vmdir = myvm::shim::sandbox::sandboxes_root("default").join("victim");
     assert!(!vmdir.exists(), "{} left", vmdir.display());
+    assert!(
+        !std::path::Path::new(&socket).exists(),
+        "the dead shim's socket {socket} is left"
+    );
 }
 
 #[test]
@@ -129,4 +141,38 @@ fn restarted_containerd_manages_running_pods_again() {
     wait_until("the shim and VM to exit", Duration::from_secs(15), || {
         c.shims().is_empty() && !pid_alive(vm[0])
     });
+}
+
+#[test]
+fn hung_guest_is_stopped_and_its_task_reported_killed() {
+    let c = Containerd::start();
+    run_detached(&c, "frozen");
+    let vm = c.vm_pids();
+    assert_eq!(vm.len(), 1);
+    // A guest that stops answering while its VMM still runs (as a hung or hostile one would).
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(vm[0] as i32),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    wait_until(
+        "the task to be reported dead",
+        Duration::from_secs(60),
+        || stdout(&c.ctr(&["task", "ls"])).contains("STOPPED"),
+    );
+    wait_until("the VMM to be killed", Duration::from_secs(20), || {
+        !pid_alive(vm[0])
+    });
+    let log = std::fs::read_to_string(c.dir().join("containerd.log")).unwrap();
+    assert!(
+        log.contains("the agent stopped answering"),
+        "no clear error in containerd's log"
+    );
+    assert!(c.ctr(&["task", "rm", "frozen"]).status.success());
+    assert!(c.ctr(&["container", "rm", "frozen"]).status.success());
+    wait_until("the shim to exit", Duration::from_secs(15), || {
+        c.shims().is_empty()
+    });
+    let shared = myvm::shim::sandbox::shared_dir("default", "frozen");
+    assert!(!shared.exists(), "{} left", shared.display());
 }

@@ -82,6 +82,23 @@ pub struct Service {
     pub inner: Arc<Inner>,
 }
 
+/// Removes the socket named in the bundle's `address` file if no shim serves it any more (the
+/// shim was killed). A live pod shim keeps its socket: `delete` also runs for one failed
+/// container of a running pod.
+fn remove_stale_socket() {
+    let Ok(address) = std::fs::read_to_string("address") else {
+        return;
+    };
+    let Some(path) = address.trim().strip_prefix("unix://") else {
+        return;
+    };
+    if let Err(e) = std::os::unix::net::UnixStream::connect(path) {
+        if e.kind() == std::io::ErrorKind::ConnectionRefused {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 /// The shim library's settings. They must be passed to `run`: the library installs its
 /// SIGCHLD reaper before `Shim::new` sees the config, and that reaper steals the exit status
 /// of every child we wait for ourselves (QEMU, the daemons, `ip`/`tc`: ECHILD at random).
@@ -139,6 +156,7 @@ impl shim::Shim for Service {
         let bundle = std::env::current_dir().unwrap_or_default();
         let sid = sandbox_id_of(&self.inner.id, &read_annotations(&bundle));
         sandbox::cleanup_dead(&self.inner.namespace, &sid, &self.inner.id);
+        remove_stale_socket();
         let mut resp = DeleteResponse::new();
         resp.exit_status = 137;
         resp.set_exited_at(

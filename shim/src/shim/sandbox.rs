@@ -66,6 +66,7 @@ pub struct Sandbox {
     pub vmm_pids: Vec<u32>,
     network: Option<PodNetwork>,
     host_cgroup: Option<Arc<HostCgroup>>,
+    serial_log: PathBuf,
 }
 
 /// Guest memory and vCPUs for a sandbox: the config's defaults, or what the CRI annotations ask.
@@ -229,6 +230,7 @@ impl Sandbox {
             boot_ms = vm.boot_time().as_millis() as u64,
             "sandbox VM ready"
         );
+        let serial_log = vm.serial_log().to_path_buf();
         Ok(Sandbox {
             id: id.to_string(),
             uds: vm.vsock_uds().to_path_buf(),
@@ -238,6 +240,7 @@ impl Sandbox {
             shared,
             network,
             host_cgroup,
+            serial_log,
         })
     }
 
@@ -266,18 +269,29 @@ impl Sandbox {
             ..Default::default()
         };
         self.agent
-            .call_with_timeout("GetEvents", Duration::from_secs(20), |c, ctx| {
+            .call_with_timeout("GetEvents", Duration::from_secs(13), |c, ctx| {
                 c.get_events(ctx, &req)
             })
             .map(|r| r.events)
             .map_err(|e| e.to_string())
     }
 
+    /// Why the VM ended, from the end of its serial console: a guest kernel panic or the guest
+    /// out of memory as a whole (as opposed to one container's OOM kill, reported as TaskOOM).
+    pub fn death_reason(&self) -> String {
+        classify_death(
+            &crate::process::tail(&self.serial_log, 60),
+            self.vm_running(),
+        )
+    }
+
     /// True while the VMM runs.
     pub fn vm_running(&self) -> bool {
-        self.vmm_pids
-            .first()
-            .is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+        self.vm
+            .lock()
+            .unwrap()
+            .as_mut()
+            .is_some_and(|vm| vm.is_running())
     }
 
     /// Shuts the VM down and removes the (by now empty) shared directory.
@@ -295,6 +309,20 @@ impl Sandbox {
             cg.remove();
         }
         let _ = std::fs::remove_dir(&self.shared);
+    }
+}
+
+/// Names why a VM ended from the end of its serial console and whether the VMM still runs.
+pub fn classify_death(serial_tail: &str, vmm_running: bool) -> String {
+    let find = |needle: &str| serial_tail.lines().rev().find(|l| l.contains(needle));
+    if let Some(l) = find("Kernel panic") {
+        format!("guest kernel panic ({})", l.trim())
+    } else if let Some(l) = find("Out of memory").or_else(|| find("oom-kill")) {
+        format!("guest out of memory ({})", l.trim())
+    } else if vmm_running {
+        "the agent stopped answering".into()
+    } else {
+        "the VMM exited".into()
     }
 }
 
@@ -326,6 +354,17 @@ pub fn cleanup_dead(ns: &str, sandbox_id: &str, container_id: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vm_deaths_are_named() {
+        let panic =
+            "[    1.2] foo\n[    2.0] Kernel panic - not syncing: Attempted to kill init!\n";
+        assert!(classify_death(panic, false).starts_with("guest kernel panic (["));
+        let oom = "[ 9.1] Out of memory: Killed process 42 (hog)\n";
+        assert!(classify_death(oom, false).starts_with("guest out of memory"));
+        assert_eq!(classify_death("", true), "the agent stopped answering");
+        assert_eq!(classify_death("boot ok\n", false), "the VMM exited");
+    }
 
     #[test]
     fn long_sandbox_ids_get_short_stable_vm_dirs() {

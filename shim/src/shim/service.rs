@@ -125,46 +125,68 @@ impl Inner {
     }
 
     fn event_loop(&self, sb: &Sandbox) {
+        // A guest whose agent stops answering (hung, or hostile) while its VMM runs is stopped
+        // after this many failed long polls (about 13 s each): its tasks then end as killed.
+        const MAX_FAILED_POLLS: u32 = 2;
+        let mut failed = 0;
         loop {
-            match sb.next_events() {
+            let e = match sb.next_events() {
                 Ok(events) => {
+                    failed = 0;
                     for e in events {
                         self.on_event(e);
                     }
+                    continue;
                 }
-                Err(e) => {
-                    if sb.vm_running() && self.sandbox.lock().unwrap().is_some() {
-                        tracing::warn!("agent events: {e}");
-                        std::thread::sleep(Duration::from_millis(200));
-                        if sb.vm_running() {
-                            continue;
-                        }
+                Err(e) => e,
+            };
+            if self.sandbox.lock().unwrap().is_none() {
+                return; // we stopped it
+            }
+            // Why the VM is done for, named before anything is stopped.
+            let reason = sb.death_reason();
+            if sb.vm_running() {
+                failed += 1;
+                tracing::warn!(sandbox = sb.id, failed, "agent events: {e}");
+                if failed < MAX_FAILED_POLLS {
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
+                tracing::error!(
+                    sandbox = sb.id,
+                    "{reason}: {failed} event polls failed, stopping the VM"
+                );
+                sb.stop();
+            }
+            // The VM is gone: every process still running is reported dead, with the reason.
+            tracing::error!(
+                sandbox = sb.id,
+                "the sandbox VM {} ended: {reason} ({e})",
+                sb.id
+            );
+            let ctrs: Vec<_> = self.containers.lock().unwrap().values().cloned().collect();
+            for c in ctrs {
+                let mut procs = vec![c.init.clone()];
+                procs.extend(c.execs.lock().unwrap().values().cloned());
+                for p in procs {
+                    if p.exit().is_none() {
+                        tracing::error!(
+                            container = c.id,
+                            "sandbox VM {} ended ({reason}): process reported killed",
+                            sb.id
+                        );
+                        self.exited(
+                            &c,
+                            &p,
+                            Exit {
+                                status: 137,
+                                at_ns: now_ns(),
+                            },
+                        );
                     }
-                    // The VM is gone: every process still running is reported dead.
-                    let ctrs: Vec<_> = self.containers.lock().unwrap().values().cloned().collect();
-                    for c in ctrs {
-                        let mut procs = vec![c.init.clone()];
-                        procs.extend(c.execs.lock().unwrap().values().cloned());
-                        for p in procs {
-                            if p.exit().is_none() {
-                                tracing::error!(
-                                    container = c.id,
-                                    "the sandbox VM died ({e}): process reported killed"
-                                );
-                                self.exited(
-                                    &c,
-                                    &p,
-                                    Exit {
-                                        status: 137,
-                                        at_ns: now_ns(),
-                                    },
-                                );
-                            }
-                        }
-                    }
-                    return;
                 }
             }
+            return;
         }
     }
 
