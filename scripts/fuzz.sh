@@ -15,6 +15,9 @@ cargo_fuzz=$(scripts/deps.sh --cargo-fuzz)
 # Only the stable toolchain is installed; cargo-fuzz's -Z flags (sanitizer, coverage
 # instrumentation) are accepted by stable rustc with RUSTC_BOOTSTRAP=1.
 export RUSTC_BOOTSTRAP=1
+# The hybrid_vsock target's listening socket lives in a per-process temp dir that a fuzzer
+# process, ending through libFuzzer's exit, cannot remove itself.
+trap 'rm -rf "${TMPDIR:-/tmp}"/myvm-fuzz-hv-*' EXIT
 sanitizer=address
 if ! compgen -G "$(rustc --print sysroot)/lib/rustlib/$(rustc -vV | sed -n 's/^host: //p')/lib/librustc-*_rt.asan.a" >/dev/null; then
     echo "fuzz: this toolchain ships no AddressSanitizer runtime; fuzzing without a sanitizer" >&2
