@@ -100,13 +100,30 @@ impl Containerd {
             .arg("-a")
             .arg(&self.socket)
             .args(["-n", ns])
-            .args(args)
+            .args(self.with_fifo_dir(args))
             .output()
             .unwrap()
     }
 
+    /// `args` with `--fifo-dir` in this containerd's directory for the commands that make stdio
+    /// FIFOs: a detached `ctr run -d` leaves its FIFO directory behind, and the default one,
+    /// /run/containerd/fifo, is shared by every containerd on the host.
+    fn with_fifo_dir(&self, args: &[&str]) -> Vec<String> {
+        let fifo = self.dir.path().join("fifo").display().to_string();
+        let at = match args {
+            ["run", ..] => 1,
+            ["task" | "t", "exec" | "start", ..] => 2,
+            _ => return args.iter().map(|a| a.to_string()).collect(),
+        };
+        let mut v: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        v.splice(at..at, ["--fifo-dir".to_string(), fifo]);
+        v
+    }
+
     /// `ctr ARGS` inside script(1), so ctr has a pty (for `-t`).
     pub fn ctr_in_pty(&self, args: &str) -> Output {
+        let args: Vec<&str> = args.split(' ').collect();
+        let args = self.with_fifo_dir(&args).join(" ");
         Command::new("script")
             .arg("-qec")
             .arg(format!("ctr -a {} {args}", self.socket.display()))
@@ -126,7 +143,7 @@ impl Containerd {
         let mut child = Command::new("ctr")
             .arg("-a")
             .arg(&self.socket)
-            .args(args)
+            .args(self.with_fifo_dir(args))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -146,39 +163,43 @@ impl Drop for Containerd {
         // Shims outlive containerd by design; ours must not outlive the test. Killing them
         // takes their VMs and daemons along (PR_SET_PDEATHSIG), and removes their sockets.
         for (pid, cmd) in self.shims() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            let arg = |name: &str| {
-                let mut args = cmd.split(' ');
-                args.find(|a| *a == name)?;
-                args.next().map(str::to_string)
-            };
-            // Its socket is in containerd's shared /run/containerd/s: remove it too.
-            if let Some(path) = arg("-socket")
-                .as_deref()
-                .and_then(|v| v.strip_prefix("unix://"))
-            {
-                let _ = std::fs::remove_file(path);
-            }
-            // What containerd's `delete` would do after a dead shim (a failed test may leave
-            // tasks behind): unmount rootfs and volumes, remove the sandbox directories.
-            if let (Some(ns), Some(id)) = (arg("-namespace"), arg("-id")) {
-                for _ in 0..50 {
-                    if !crate::pid_alive(pid) {
-                        break;
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                myvm::shim::sandbox::cleanup_dead(&ns, &id, &id);
-            }
+            kill_shim(pid, &cmd);
         }
     }
 }
 
+/// Kills a shim (pid, command line) and does what containerd's `delete` would do after a dead
+/// shim: removes its socket from containerd's shared /run/containerd/s, unmounts its pod's
+/// rootfs and volumes, removes the sandbox directories. For tests that fail half-way.
+pub fn kill_shim(pid: u32, cmd: &str) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    let arg = |name: &str| {
+        let mut args = cmd.split(' ');
+        args.find(|a| *a == name)?;
+        args.next().map(str::to_string)
+    };
+    if let Some(path) = arg("-socket")
+        .as_deref()
+        .and_then(|v| v.strip_prefix("unix://"))
+    {
+        let _ = std::fs::remove_file(path);
+    }
+    for _ in 0..250 {
+        if !crate::pid_alive(pid) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    if let (Some(ns), Some(id)) = (arg("-namespace"), arg("-id")) {
+        myvm::shim::sandbox::cleanup_dead(&ns, &id, &id);
+    }
+}
+
 /// Running processes as (pid, parent pid, command line with spaces).
-fn processes() -> Vec<(u32, u32, String)> {
+pub fn processes() -> Vec<(u32, u32, String)> {
     let mut found = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {

@@ -23,7 +23,7 @@ use std::{
 use myvm::shim::sandbox::{cleanup_dead, sandboxes_root, shared_dir, vm_dir_name};
 use myvm_tests::{
     built_kernel_release,
-    containerd::Containerd,
+    containerd::{kill_shim, processes, Containerd},
     cri::{container_config, pod_config, v1, Cri},
     pid_alive, wait_until, TempDir,
 };
@@ -92,32 +92,6 @@ fn has_cap(caps: u64, bit: u32) -> bool {
     caps & (1 << bit) != 0
 }
 
-/// Processes on the host: (pid, parent pid, command line with spaces).
-fn host_processes() -> Vec<(u32, u32, String)> {
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
-        let ppid = std::fs::read_to_string(e.path().join("stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit(')')
-                    .next()?
-                    .split_whitespace()
-                    .nth(1)?
-                    .parse()
-                    .ok()
-            })
-            .unwrap_or(0);
-        found.push((pid, ppid, String::from_utf8_lossy(&cmd).replace('\0', " ")));
-    }
-    found
-}
-
 /// The shim of pod `id` of this containerd: (pid, command line).
 fn shim_of(c: &Containerd, id: &str) -> Option<(u32, String)> {
     let flag = format!(" -id {id} ");
@@ -137,7 +111,7 @@ fn leftovers(ns: &str, id: &str) -> Vec<String> {
     let vm_dir = sandboxes_root(ns).join(vm_dir_name(id));
     let shared = shared_dir(ns, id);
     let mut left = Vec::new();
-    for (pid, _, cmd) in host_processes() {
+    for (pid, _, cmd) in processes() {
         let ours = cmd.contains(&format!("{}/", vm_dir.display()))
             || cmd.contains(&shared.display().to_string())
             || (cmd.contains("containerd-shim-myvm-v2") && cmd.contains(&format!(" -id {id} ")));
@@ -189,18 +163,7 @@ impl Drop for PodGuard<'_> {
     fn drop(&mut self) {
         for (ns, id) in &self.pods {
             if let Some((pid, cmd)) = shim_of(self.c, id) {
-                // Its socket is in containerd's shared /run/containerd/s.
-                if let Some(socket) = shim_socket(&cmd) {
-                    let _ = std::fs::remove_file(socket);
-                }
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-                let t = Instant::now();
-                while pid_alive(pid) && t.elapsed() < Duration::from_secs(5) {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
+                kill_shim(pid, &cmd);
             }
             let t = Instant::now();
             while !leftovers(ns, id).is_empty() && t.elapsed() < Duration::from_secs(5) {
@@ -783,7 +746,7 @@ fn start_victim(c: &Containerd, opts: &[&str], id: &str) -> (u32, String) {
     start_idle_pod(c, opts, id);
     let (shim, cmd) = shim_of(c, id).expect("the victim's shim");
     let socket = shim_socket(&cmd).expect("the shim's -socket").to_string();
-    let vmm = host_processes()
+    let vmm = processes()
         .into_iter()
         .find(|(_, ppid, cmd)| {
             *ppid == shim
