@@ -43,6 +43,8 @@ cargo_tool() {
         rm -rf "$root"
         mv "$tmp" "$root"
     fi
+    # mktemp made it 0700; daemons that drop root (vhost-device-vsock) must reach their binary.
+    chmod go+rx "$root"
     echo "$root/bin/$bin"
 }
 

@@ -203,6 +203,26 @@ fn spawn_from_spawner(cmd: Command) -> io::Result<Child> {
         .map_err(|_| io::Error::other("spawner thread is gone"))?
 }
 
+/// Makes `cmd` run as `uid`:`uid` with no supplementary groups, no capabilities (a uid change
+/// from 0 clears them) and no_new_privs. Register it before [`Managed::spawn`]: its
+/// parent-death signal must be set after the uid change, which clears it.
+pub fn run_unprivileged(cmd: &mut Command, uid: u32) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setgroups/setgid/setuid/prctl are async-signal-safe; nothing is allocated.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(uid) != 0
+                || libc::setuid(uid) != 0
+                || libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// The last `max_lines` lines of a (log) file, for error messages.
 pub fn tail(path: &Path, max_lines: usize) -> String {
     let text = std::fs::read(path).unwrap_or_default();

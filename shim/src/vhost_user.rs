@@ -14,6 +14,11 @@ const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    #[error("preparing the daemon's directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Process(#[from] ProcessError),
     #[error("{name} exited ({status}) before creating {socket}; its log says:\n{log}")]
@@ -51,9 +56,42 @@ pub struct FsDaemon {
     pub shared_dir: PathBuf,
 }
 
+/// The unprivileged uid the vsock daemon of the VM in `dir` runs as: one per VM (a hash of its
+/// directory in a range no login uses), so daemons of different pods cannot touch each other.
+pub fn vsock_daemon_uid(dir: &Path) -> u32 {
+    let hash = dir
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0x811c9dc5u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x01000193));
+    0x4d56_0000 | (hash & 0xffff)
+}
+
+/// Starts vhost-device-vsock for the VM in `dir`. It parses every vsock packet the guest sends,
+/// so it runs unprivileged: its own uid, no capabilities, no_new_privs, and a directory
+/// `dir/vsock` of its own for its sockets (the shim, as root, still reaches them).
 pub fn start_vsock(binary: &Path, dir: &Path, guest_cid: u32) -> Result<VsockDaemon, DaemonError> {
-    let vhost_socket = dir.join("vsock.vhost.sock");
-    let uds = dir.join("vsock.sock");
+    let uid = vsock_daemon_uid(dir);
+    let own = dir.join("vsock");
+    let mkdir = |source| DaemonError::Dir {
+        path: own.clone(),
+        source,
+    };
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&own)
+            .map_err(mkdir)?;
+        std::os::unix::fs::chown(&own, Some(uid), Some(uid)).map_err(mkdir)?;
+        // The VM directory stays root's (0700 for everyone else): the daemon gets through it
+        // by its group (its gid is its uid), 0710.
+        use std::os::unix::fs::PermissionsExt;
+        std::os::unix::fs::chown(dir, None, Some(uid)).map_err(mkdir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o710)).map_err(mkdir)?;
+    }
+    let vhost_socket = own.join("vsock.vhost.sock");
+    let uds = own.join("vsock.sock");
     let mut cmd = Command::new(binary);
     cmd.arg("--guest-cid")
         .arg(guest_cid.to_string())
@@ -62,6 +100,7 @@ pub fn start_vsock(binary: &Path, dir: &Path, guest_cid: u32) -> Result<VsockDae
         .arg("--uds-path")
         .arg(&uds);
     cmd.env("RUST_LOG", "warn");
+    crate::process::run_unprivileged(&mut cmd, uid);
     let mut process = Managed::spawn(
         "vhost-device-vsock",
         cmd,

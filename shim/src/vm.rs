@@ -128,8 +128,9 @@ impl Vm {
         let hv = hypervisor::new_backend(backend, host)?;
         let id = opts.id.clone().unwrap_or_else(new_id);
         let dir = opts.run_root.join(&id);
-        // Room for the longest socket name below it (`vsock.vhost.sock`, `vsock.sock_<port>`).
-        if dir.as_os_str().len() + 24 > 107 {
+        // Room for the longest socket path below it (`vsock/vsock.vhost.sock`,
+        // `vsock/vsock.sock_<port>`).
+        if dir.as_os_str().len() + 30 > 107 {
             return Err(VmError::DirTooLong(dir));
         }
         create_private_dir(&dir)?;
@@ -186,6 +187,14 @@ impl Vm {
         let ready = UnixListener::bind(&ready_path).map_err(|source| VmError::Dir {
             path: ready_path.clone(),
             source,
+        })?;
+        // The (unprivileged) vsock daemon connects to it for the guest.
+        let uid = vhost_user::vsock_daemon_uid(&vm.dir);
+        std::os::unix::fs::chown(&ready_path, Some(uid), Some(uid)).map_err(|source| {
+            VmError::Dir {
+                path: ready_path.clone(),
+                source,
+            }
         })?;
         vm.hv.start(&config)?;
         vm.timeline.vmm_spawned = Some(SystemTime::now());

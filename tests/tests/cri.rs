@@ -51,17 +51,47 @@ fn cri_pod_runs_its_containers_in_one_vm() {
         vm_cgroup.contains(&format!("/myvm/{cgroup_name}")),
         "{vm_cgroup}"
     );
-    // The pod's files are root's alone: rootfs, volumes (secrets), sockets, logs.
+    // The vsock daemon (it parses the guest's vsock packets) runs unprivileged.
+    let shim = c.shims()[0].0;
+    let vsockd: Vec<u32> = myvm_tests::containerd::processes()
+        .into_iter()
+        .filter(|(_, ppid, cmd)| {
+            *ppid == shim
+                && cmd
+                    .split(' ')
+                    .next()
+                    .unwrap_or("")
+                    .ends_with("vhost-device-vsock")
+        })
+        .map(|(pid, _, _)| pid)
+        .collect();
+    assert_eq!(vsockd.len(), 1, "one vsock daemon under the pod's shim");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", vsockd[0])).unwrap();
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap_or("")
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_ne!(field("Uid:"), "0", "vhost-device-vsock runs as root");
+    assert_eq!(field("CapEff:"), "0000000000000000", "{status}");
+    assert_eq!(field("NoNewPrivs:"), "1");
+    // The pod's files are root's alone: rootfs, volumes (secrets), sockets, logs. The VM
+    // directory lets the vsock daemon's own group through (0710), nobody else.
     {
         use myvm::shim::sandbox::{sandboxes_root, shared_dir, vm_dir_name};
-        use std::os::unix::fs::PermissionsExt;
-        for dir in [
-            shared_dir("k8s.io", &pod),
-            sandboxes_root("k8s.io").join(vm_dir_name(&pod)),
-        ] {
-            let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
-            assert_eq!(mode & 0o077, 0, "{} is {mode:o}", dir.display());
-        }
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let shared = std::fs::metadata(shared_dir("k8s.io", &pod)).unwrap();
+        assert_eq!(shared.permissions().mode() & 0o077, 0);
+        let vm_dir = sandboxes_root("k8s.io").join(vm_dir_name(&pod));
+        let meta = std::fs::metadata(&vm_dir).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o710);
+        assert_eq!(meta.gid(), myvm::vhost_user::vsock_daemon_uid(&vm_dir));
+        assert_eq!(field("Uid:"), meta.gid().to_string());
     }
 
     let talker = cri
