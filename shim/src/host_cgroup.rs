@@ -171,7 +171,10 @@ mod tests {
             pids: 16,
         };
         let cg = HostCgroup::create(&name, limits).unwrap();
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         cg.add(child.id()).unwrap();
         let membership = std::fs::read_to_string(format!("/proc/{}/cgroup", child.id())).unwrap();
         assert!(
@@ -184,7 +187,9 @@ mod tests {
             "memory.limit_in_bytes"
         };
         assert_eq!(
-            std::fs::read_to_string(cg.dirs()[0].join(limit_file)).unwrap().trim(),
+            std::fs::read_to_string(cg.dirs()[0].join(limit_file))
+                .unwrap()
+                .trim(),
             (64u64 << 20).to_string()
         );
         assert!(cg.memory_usage().is_some());

@@ -63,7 +63,9 @@ pub fn vsock_daemon_uid(dir: &Path) -> u32 {
         .as_os_str()
         .as_encoded_bytes()
         .iter()
-        .fold(0x811c9dc5u32, |h, b| (h ^ u32::from(*b)).wrapping_mul(0x01000193));
+        .fold(0x811c9dc5u32, |h, b| {
+            (h ^ u32::from(*b)).wrapping_mul(0x01000193)
+        });
     0x4d56_0000 | (hash & 0xffff)
 }
 
