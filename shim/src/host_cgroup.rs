@@ -41,16 +41,8 @@ fn write(dir: &Path, file: &str, value: &str, what: &'static str) -> Result<(), 
 impl HostCgroup {
     /// Creates the sandbox's cgroup under `root` (normally /sys/fs/cgroup) with `limits`.
     pub fn create_in(root: &Path, name: &str, limits: Limits) -> Result<HostCgroup, CgroupError> {
-        let v2 = root.join("cgroup.controllers").exists();
-        let dirs: Vec<PathBuf> = if v2 {
-            vec![root.join("myvm").join(name)]
-        } else {
-            ["memory", "pids"]
-                .iter()
-                .map(|c| root.join(c).join("myvm").join(name))
-                .collect()
-        };
-        let cg = HostCgroup { dirs, v2 };
+        let cg = Self::layout(root, name);
+        let v2 = cg.v2;
         for d in &cg.dirs {
             if v2 {
                 // Controllers must be enabled for the children of each level.
@@ -98,7 +90,11 @@ impl HostCgroup {
     /// The cgroup `name` as `create` would lay it out, without touching anything (to remove
     /// what a dead shim left).
     pub fn existing(name: &str) -> HostCgroup {
-        let root = Path::new(ROOT);
+        Self::layout(Path::new(ROOT), name)
+    }
+
+    /// Where cgroup `name` lives below `root`: one v2 directory, or one per v1 controller.
+    fn layout(root: &Path, name: &str) -> HostCgroup {
         let v2 = root.join("cgroup.controllers").exists();
         let dirs = if v2 {
             vec![root.join("myvm").join(name)]
