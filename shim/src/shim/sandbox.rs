@@ -35,10 +35,8 @@ pub fn vm_dir_name(id: &str) -> String {
     if id.len() <= 32 {
         return id.to_string();
     }
-    // FNV-1a: stable across builds (the next shim must find a dead one's directory).
-    let hash = id.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100000001b3)
-    });
+    // Stable across builds: the next shim must find a dead one's directory.
+    let hash = crate::stable_hash(id.as_bytes());
     let prefix: String = id.chars().take(16).collect();
     format!("{prefix}-{hash:016x}")
 }
@@ -62,11 +60,29 @@ pub struct Sandbox {
     vm: Mutex<Option<Vm>>,
     pub agent: AgentClient,
     pub uds: PathBuf,
-    pub shared: PathBuf,
-    pub vmm_pids: Vec<u32>,
-    network: Option<PodNetwork>,
-    host_cgroup: Option<Arc<HostCgroup>>,
+    host: HostSide,
     serial_log: PathBuf,
+}
+
+/// What a sandbox sets up on the host around its VM, released in one place: on any failure of
+/// `Sandbox::boot` and in `Sandbox::stop`.
+struct HostSide {
+    shared: PathBuf,
+    network: Option<PodNetwork>,
+    cgroup: Option<Arc<HostCgroup>>,
+}
+
+impl HostSide {
+    /// Removes the taps and redirects, the host cgroup and the (by then empty) shared directory.
+    fn release(&self) {
+        if let Some(n) = &self.network {
+            n.teardown();
+        }
+        if let Some(cg) = &self.cgroup {
+            cg.remove();
+        }
+        let _ = std::fs::remove_dir(&self.shared);
+    }
 }
 
 /// Guest memory and vCPUs for a sandbox: the config's defaults, or what the CRI annotations ask.
@@ -116,30 +132,29 @@ impl Sandbox {
         if let Some(i) = &config.initrd {
             assets.initrd = i.clone();
         }
+        let backend = config.backend().map_err(anyhow::Error::msg)?;
         // Whatever a dead shim of the same sandbox left behind goes first.
         cleanup_dead(ns, id, id);
-        let shared = shared_dir(ns, id);
+        let mut host = HostSide {
+            shared: shared_dir(ns, id),
+            network: None,
+            cgroup: None,
+        };
         // Root only: it holds the containers' root filesystems and volumes (secrets included).
-        crate::vm::create_private_dir(&shared)?;
+        crate::vm::create_private_dir(&host.shared)?;
         let (memory_mib, vcpus) = sizing(config, annotations);
         // The pod's network (CRI: the netns CNI configured); none for a plain container.
-        let network = match netns {
-            Some(path) => match PodNetwork::setup(path) {
-                Ok(n) => Some(n),
+        if let Some(path) = netns {
+            match PodNetwork::setup(path) {
+                Ok(n) => host.network = Some(n),
                 Err(e) => {
-                    let _ = std::fs::remove_dir(&shared);
+                    host.release();
                     return Err(e).context("connecting the pod network");
                 }
-            },
-            None => None,
-        };
-        let undo_network = || {
-            if let Some(n) = &network {
-                n.teardown();
             }
-        };
+        }
         // Caps and accounts the VMM and daemons: guest memory plus room for the VMM itself.
-        let host_cgroup = match HostCgroup::create(
+        host.cgroup = match HostCgroup::create(
             &host_cgroup_name(ns, id),
             Limits {
                 memory_bytes: (u64::from(memory_mib) + HOST_OVERHEAD_MIB) << 20,
@@ -152,37 +167,28 @@ impl Sandbox {
                 None
             }
         };
-        let undo_cgroup = || {
-            if let Some(cg) = &host_cgroup {
-                cg.remove();
-            }
-        };
+        let network = host.network.as_ref();
         let opts = VmOptions {
-            backend: config.backend().map_err(anyhow::Error::msg)?,
+            backend,
             vcpus,
             memory_mib,
             shared_dirs: vec![SharedDir {
                 tag: SHARED_TAG.into(),
-                path: shared.clone(),
+                path: host.shared.clone(),
                 readonly: false,
             }],
             run_root: sandboxes_root(ns),
             id: Some(vm_dir_name(id)),
             boot_timeout: Duration::from_secs(config.boot_timeout_s),
-            net: network
-                .as_ref()
-                .map(PodNetwork::devices)
-                .unwrap_or_default(),
-            netns: network.as_ref().map(|n| n.netns.clone()),
-            host_cgroup: host_cgroup.clone(),
+            net: network.map(PodNetwork::devices).unwrap_or_default(),
+            netns: network.map(|n| n.netns.clone()),
+            host_cgroup: host.cgroup.clone(),
             ..Default::default()
         };
         let vm = match Vm::boot(&opts, &assets, &HostInfo::detect()) {
             Ok(vm) => vm,
             Err(e) => {
-                undo_network();
-                undo_cgroup();
-                let _ = std::fs::remove_dir(&shared);
+                host.release();
                 return Err(e).context("booting the sandbox VM");
             }
         };
@@ -196,20 +202,14 @@ impl Sandbox {
                 ..Default::default()
             }],
             interfaces: network
-                .as_ref()
                 .map(PodNetwork::guest_interfaces)
                 .unwrap_or_default(),
-            routes: network
-                .as_ref()
-                .map(|n| n.routes.clone())
-                .unwrap_or_default(),
+            routes: network.map(|n| n.routes.clone()).unwrap_or_default(),
             ..Default::default()
         };
         if let Err(e) = agent.call("CreateSandbox", |c, ctx| c.create_sandbox(ctx, &req)) {
             let _ = vm.shutdown(Duration::from_secs(2));
-            undo_network();
-            undo_cgroup();
-            let _ = std::fs::remove_dir(&shared);
+            host.release();
             return Err(e).context("CreateSandbox");
         }
         let t = vm.timeline();
@@ -234,19 +234,16 @@ impl Sandbox {
         Ok(Sandbox {
             id: id.to_string(),
             uds: vm.vsock_uds().to_path_buf(),
-            vmm_pids: vm.pids(),
             vm: Mutex::new(Some(vm)),
             agent,
-            shared,
-            network,
-            host_cgroup,
+            host,
             serial_log,
         })
     }
 
     /// The container's directory in the shared directory, as the host sees it.
     pub fn host_dir(&self, container_id: &str) -> PathBuf {
-        self.shared.join(container_id)
+        self.host.shared.join(container_id)
     }
 
     pub fn host_rootfs(&self, container_id: &str) -> PathBuf {
@@ -294,7 +291,7 @@ impl Sandbox {
             .is_some_and(|vm| vm.is_running())
     }
 
-    /// Shuts the VM down and removes the (by now empty) shared directory.
+    /// Shuts the VM down and releases what it had on the host.
     pub fn stop(&self) {
         if let Some(vm) = self.vm.lock().unwrap().take() {
             match vm.shutdown(Duration::from_secs(5)) {
@@ -302,13 +299,7 @@ impl Sandbox {
                 Err(e) => tracing::warn!(sandbox = self.id, "VM shutdown: {e}"),
             }
         }
-        if let Some(n) = &self.network {
-            n.teardown();
-        }
-        if let Some(cg) = &self.host_cgroup {
-            cg.remove();
-        }
-        let _ = std::fs::remove_dir(&self.shared);
+        self.host.release();
     }
 }
 
