@@ -42,11 +42,19 @@ pub fn sandbox_id_of(container_id: &str, annotations: &HashMap<String, String>) 
     }
 }
 
+/// The annotations of the bundle's `config.json` (none if it cannot be read).
 pub fn read_annotations(bundle: &Path) -> HashMap<String, String> {
     std::fs::read(bundle.join("config.json"))
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-        .and_then(|v| v.get("annotations").cloned())
+        .map(|spec| annotations_of(&spec))
+        .unwrap_or_default()
+}
+
+/// The annotations of a parsed OCI spec.
+pub fn annotations_of(spec: &serde_json::Value) -> HashMap<String, String> {
+    spec.get("annotations")
+        .cloned()
         .and_then(|a| serde_json::from_value(a).ok())
         .unwrap_or_default()
 }

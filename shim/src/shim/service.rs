@@ -15,9 +15,10 @@ use myvm_protocol::agent as ag;
 use ttrpc::{Code, Error as TtrpcError};
 
 use super::{
+    annotations_of,
     io::{IoCopy, StdioPaths},
     metrics::to_metrics,
-    mounts, read_annotations, rootfs,
+    mounts, rootfs,
     sandbox::Sandbox,
     sandbox_id_of,
     state::{now_ns, Ctr, Exit, Proc},
@@ -75,10 +76,12 @@ impl Inner {
     }
 
     /// Boots the sandbox VM if this shim has none yet, and starts the event loop.
+    /// `spec` is the parsed OCI spec of the container that creates the sandbox.
     fn ensure_sandbox(
         self: &Arc<Self>,
         sid: &str,
-        bundle: &Path,
+        spec: &serde_json::Value,
+        annotations: &std::collections::HashMap<String, String>,
         options: &MessageField<Any>,
     ) -> TtrpcResult<Arc<Sandbox>> {
         let mut guard = self.sandbox.lock().unwrap();
@@ -87,16 +90,15 @@ impl Inner {
         }
         let config = self.sandbox_config(options)?;
         timing::mark(sid, "shim_started", self.started);
-        let annotations = read_annotations(bundle);
-        let hostname = spec_hostname(bundle).unwrap_or_default();
-        let netns = spec_netns(bundle);
+        let hostname = spec["hostname"].as_str().unwrap_or_default();
+        let netns = spec_netns(spec);
         let sb = Arc::new(
             Sandbox::boot(
                 &self.namespace,
                 sid,
                 &config,
-                &annotations,
-                &hostname,
+                annotations,
+                hostname,
                 netns.as_deref(),
             )
             .map_err(|e| status(Code::UNAVAILABLE, format!("myvm: {e:#}")))?,
@@ -143,15 +145,19 @@ impl Inner {
             if self.sandbox.lock().unwrap().is_none() {
                 return; // we stopped it
             }
-            // Why the VM is done for, named before anything is stopped.
-            let reason = sb.death_reason();
-            if sb.vm_running() {
+            let running = sb.vm_running();
+            if running {
                 failed += 1;
                 tracing::warn!(sandbox = sb.id, failed, "agent events: {e}");
                 if failed < MAX_FAILED_POLLS {
                     std::thread::sleep(Duration::from_millis(200));
                     continue;
                 }
+            }
+            // Why the VM is done for, named before anything is stopped (stopping removes the
+            // serial console log it is read from).
+            let reason = sb.death_reason();
+            if running {
                 tracing::error!(
                     sandbox = sb.id,
                     "{reason}: {failed} event polls failed, stopping the VM"
@@ -296,38 +302,17 @@ impl Inner {
     }
 }
 
-/// True if the spec asks for a network namespace (CRI leaves it out for host network pods).
-fn has_network_namespace(spec: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(spec)
-        .ok()
-        .and_then(|v| v.pointer("/linux/namespaces").cloned())
-        .and_then(|n| n.as_array().cloned())
-        .is_some_and(|n| n.iter().any(|ns| ns["type"] == "network"))
-}
-
-/// The container's spec with its bind mounts shared into the VM (see `mounts`).
-fn share_volumes(spec: &[u8], sb: &Sandbox, id: &str) -> TtrpcResult<Vec<u8>> {
-    let mut v: serde_json::Value = serde_json::from_slice(spec)
-        .map_err(|e| status(Code::INVALID_ARGUMENT, format!("config.json: {e}")))?;
-    mounts::share_bind_mounts(&mut v, &sb.host_dir(id), &Sandbox::guest_dir(id))
-        .map_err(|e| status(Code::INVALID_ARGUMENT, format!("myvm: {e}")))?;
-    Ok(serde_json::to_vec(&v).expect("a JSON value serializes"))
-}
-
-fn spec_hostname(bundle: &Path) -> Option<String> {
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).ok()?).ok()?;
-    v.get("hostname")?.as_str().map(str::to_string)
-}
-
-/// The network namespace the spec names (CRI: the one CNI configured), if any.
-fn spec_netns(bundle: &Path) -> Option<std::path::PathBuf> {
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).ok()?).ok()?;
-    v.pointer("/linux/namespaces")?
+/// The spec's network namespace entry, if it has one (CRI leaves it out for host network pods).
+fn network_namespace(spec: &serde_json::Value) -> Option<&serde_json::Value> {
+    spec.pointer("/linux/namespaces")?
         .as_array()?
         .iter()
-        .find(|n| n["type"] == "network")?["path"]
+        .find(|n| n["type"] == "network")
+}
+
+/// The network namespace the spec names by path (CRI: the one CNI configured), if any.
+fn spec_netns(spec: &serde_json::Value) -> Option<std::path::PathBuf> {
+    network_namespace(spec)?["path"]
         .as_str()
         .filter(|p| !p.is_empty())
         .map(Into::into)
@@ -361,15 +346,19 @@ impl Task for Service {
             ));
         }
         let bundle = Path::new(&req.bundle);
-        let spec = std::fs::read(bundle.join("config.json")).map_err(|e| {
-            status(
-                Code::INVALID_ARGUMENT,
-                format!("reading {}/config.json: {e}", req.bundle),
-            )
-        })?;
-        let annotations = read_annotations(bundle);
+        // Read and parsed once: everything below works on this value.
+        let mut spec: serde_json::Value = std::fs::read(bundle.join("config.json"))
+            .map_err(|e| e.to_string())
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            .map_err(|e| {
+                status(
+                    Code::INVALID_ARGUMENT,
+                    format!("reading {}/config.json: {e}", req.bundle),
+                )
+            })?;
+        let annotations = annotations_of(&spec);
         if annotations.get(ANNOTATION_TYPE).map(String::as_str) == Some("sandbox")
-            && !has_network_namespace(&spec)
+            && network_namespace(&spec).is_none()
         {
             return Err(status(
                 Code::INVALID_ARGUMENT,
@@ -377,16 +366,19 @@ impl Task for Service {
             ));
         }
         let sid = sandbox_id_of(&req.id, &annotations);
-        let sb = inner.ensure_sandbox(&sid, bundle, &req.options)?;
+        let sb = inner.ensure_sandbox(&sid, &spec, &annotations, &req.options)?;
 
         let host_rootfs = sb.host_rootfs(&req.id);
-        let spec = match share_volumes(&spec, &sb, &req.id) {
-            Ok(spec) => spec,
-            Err(e) => {
-                self.cleanup_empty_sandbox();
-                return Err(e);
-            }
-        };
+        // The spec's bind mounts are shared into the VM (see `mounts`).
+        if let Err(e) = mounts::share_bind_mounts(
+            &mut spec,
+            &sb.host_dir(&req.id),
+            &Sandbox::guest_dir(&req.id),
+        ) {
+            self.cleanup_empty_sandbox();
+            return Err(status(Code::INVALID_ARGUMENT, format!("myvm: {e}")));
+        }
+        let spec = serde_json::to_vec(&spec).expect("a JSON value serializes");
         if let Err(e) = rootfs::mount_rootfs(&req.rootfs, bundle, &host_rootfs) {
             mounts::unshare_mounts(&sb.host_dir(&req.id));
             rootfs::unmount_rootfs(&host_rootfs);
