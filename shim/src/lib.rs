@@ -14,3 +14,11 @@ pub mod shim;
 pub mod timing;
 pub mod vhost_user;
 pub mod vm;
+
+/// FNV-1a (64 bit): a hash that is the same in every build and process, for names and ids that
+/// a later shim must derive again (VM directory names, per-VM daemon uids).
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
+    })
+}

@@ -9,7 +9,6 @@
 //! The namespace is read and changed with iproute2 (`ip -j`, `tc`) run inside it.
 
 use std::{
-    os::{fd::AsRawFd, unix::process::CommandExt},
     path::{Path, PathBuf},
     process::Command,
 };
@@ -60,18 +59,9 @@ fn run_in(netns: &Path, program: &str, args: &[&str]) -> Result<String, NetworkE
         path: netns.into(),
         source,
     })?;
-    let fd = ns.as_raw_fd();
     let mut cmd = Command::new(program);
     cmd.args(args);
-    // SAFETY: setns(2) is async-signal-safe; `ns` outlives the spawn.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    crate::process::join_netns(&mut cmd, &ns);
     let cmdline = format!("{program} {}", args.join(" "));
     let out = cmd.output().map_err(|e| NetworkError::Command {
         cmd: cmdline.clone(),

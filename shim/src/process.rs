@@ -203,11 +203,26 @@ fn spawn_from_spawner(cmd: Command) -> io::Result<Child> {
         .map_err(|_| io::Error::other("spawner thread is gone"))?
 }
 
+/// Makes `cmd`'s process join the network namespace `ns` between fork and exec. `ns` must stay
+/// open until `cmd` is spawned.
+pub fn join_netns(cmd: &mut Command, ns: &File) {
+    use std::os::fd::AsRawFd;
+    let fd = ns.as_raw_fd();
+    // SAFETY: setns(2) is async-signal-safe; the caller keeps `ns` open through the spawn.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Makes `cmd` run as `uid`:`uid` with no supplementary groups, no capabilities (a uid change
 /// from 0 clears them) and no_new_privs. Register it before [`Managed::spawn`]: its
 /// parent-death signal must be set after the uid change, which clears it.
 pub fn run_unprivileged(cmd: &mut Command, uid: u32) {
-    use std::os::unix::process::CommandExt;
     // SAFETY: setgroups/setgid/setuid/prctl are async-signal-safe; nothing is allocated.
     unsafe {
         cmd.pre_exec(move || {

@@ -59,14 +59,7 @@ pub struct FsDaemon {
 /// The unprivileged uid the vsock daemon of the VM in `dir` runs as: one per VM (a hash of its
 /// directory in a range no login uses), so daemons of different pods cannot touch each other.
 pub fn vsock_daemon_uid(dir: &Path) -> u32 {
-    let hash = dir
-        .as_os_str()
-        .as_encoded_bytes()
-        .iter()
-        .fold(0x811c9dc5u32, |h, b| {
-            (h ^ u32::from(*b)).wrapping_mul(0x01000193)
-        });
-    0x4d56_0000 | (hash & 0xffff)
+    0x4d56_0000 | (crate::stable_hash(dir.as_os_str().as_encoded_bytes()) & 0xffff) as u32
 }
 
 /// Starts vhost-device-vsock for the VM in `dir`. It parses every vsock packet the guest sends,

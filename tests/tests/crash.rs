@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use myvm_tests::{containerd::Containerd, pid_alive, wait_until};
+use myvm_tests::{
+    containerd::{processes, Containerd},
+    pid_alive, wait_until,
+};
 
 const RT: &str = "io.containerd.myvm.v2";
 const IMAGE: &str = "localhost/busybox:latest";
@@ -14,16 +17,10 @@ fn stdout(o: &std::process::Output) -> String {
 
 /// Children of `pid`, forked by any of its threads (the shim's VMM and vhost-user daemons).
 fn children(pid: u32) -> Vec<u32> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-        .flat_map(|t| {
-            std::fs::read_to_string(t.path().join("children"))
-                .unwrap_or_default()
-                .split_whitespace()
-                .filter_map(|p| p.parse().ok())
-                .collect::<Vec<u32>>()
-        })
+    processes()
+        .into_iter()
+        .filter(|(_, ppid, _)| *ppid == pid)
+        .map(|(child, _, _)| child)
         .collect()
 }
 

@@ -185,17 +185,7 @@ pub fn spawn_vmm(
         None => None,
     };
     if let Some(ns) = &netns {
-        use std::os::{fd::AsRawFd, unix::process::CommandExt};
-        let fd = ns.as_raw_fd();
-        // SAFETY: setns(2) is async-signal-safe; the fd stays open until the spawn returns.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        crate::process::join_netns(&mut cmd, ns);
     }
     tracing::debug!(?cmd, "starting {name}");
     let log = config.work_dir.join(format!("{name}.log"));
