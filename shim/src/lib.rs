@@ -8,6 +8,7 @@ pub mod config;
 pub mod host_cgroup;
 pub mod hybrid_vsock;
 pub mod hypervisor;
+pub mod jail;
 pub mod network;
 pub mod process;
 pub mod shim;
@@ -16,7 +17,7 @@ pub mod vhost_user;
 pub mod vm;
 
 /// FNV-1a (64 bit): a hash that is the same in every build and process, for names and ids that
-/// a later shim must derive again (VM directory names, per-VM daemon uids).
+/// a later shim must derive again (VM directory names, the first uid slot a VM tries).
 pub fn stable_hash(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)

@@ -56,17 +56,16 @@ pub struct FsDaemon {
     pub shared_dir: PathBuf,
 }
 
-/// The unprivileged uid the vsock daemon of the VM in `dir` runs as: one per VM (a hash of its
-/// directory in a range no login uses), so daemons of different pods cannot touch each other.
-pub fn vsock_daemon_uid(dir: &Path) -> u32 {
-    0x4d56_0000 | (crate::stable_hash(dir.as_os_str().as_encoded_bytes()) & 0xffff) as u32
-}
-
 /// Starts vhost-device-vsock for the VM in `dir`. It parses every vsock packet the guest sends,
-/// so it runs unprivileged: its own uid, no capabilities, no_new_privs, and a directory
-/// `dir/vsock` of its own for its sockets (the shim, as root, still reaches them).
-pub fn start_vsock(binary: &Path, dir: &Path, guest_cid: u32) -> Result<VsockDaemon, DaemonError> {
-    let uid = vsock_daemon_uid(dir);
+/// so it runs unprivileged: `uid` (the VM's own, see [`crate::jail::VmUids`]), no
+/// capabilities, no_new_privs, and a directory `dir/vsock` of its own for its sockets (the
+/// shim, as root, still reaches them).
+pub fn start_vsock(
+    binary: &Path,
+    dir: &Path,
+    guest_cid: u32,
+    uid: u32,
+) -> Result<VsockDaemon, DaemonError> {
     let own = dir.join("vsock");
     let mkdir = |source| DaemonError::Dir {
         path: own.clone(),

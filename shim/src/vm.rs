@@ -91,6 +91,8 @@ pub enum VmError {
     DirTooLong(PathBuf),
     #[error("{0}")]
     Cgroup(String),
+    #[error("leasing uids for the VM's processes: {0}")]
+    Uids(std::io::Error),
     #[error(transparent)]
     Daemon(#[from] DaemonError),
     #[error(transparent)]
@@ -116,6 +118,8 @@ pub struct Vm {
     serial_log: PathBuf,
     boot_time: Duration,
     timeline: BootTimeline,
+    /// The uids of the VMM and vsock daemon, leased until they are gone.
+    uids: crate::jail::VmUids,
 }
 
 impl Vm {
@@ -137,7 +141,9 @@ impl Vm {
         // From here on, `Guard` removes the directory if we fail before `Vm` exists.
         let guard = DirGuard(dir.clone());
 
-        let vsock = vhost_user::start_vsock(&assets.vhost_vsock, &dir, 3)?;
+        let uids = crate::jail::VmUids::acquire(dir.as_os_str().as_encoded_bytes())
+            .map_err(VmError::Uids)?;
+        let vsock = vhost_user::start_vsock(&assets.vhost_vsock, &dir, 3, uids.vsock())?;
         let mut fs = Vec::new();
         for shared in &opts.shared_dirs {
             fs.push(vhost_user::start_virtiofsd(
@@ -169,6 +175,7 @@ impl Vm {
             net: opts.net.clone(),
             netns: opts.netns.clone(),
             work_dir: dir.clone(),
+            vmm_uid: Some(uids.vmm()),
         };
         let mut vm = Vm {
             id,
@@ -180,6 +187,7 @@ impl Vm {
             serial_log,
             boot_time: Duration::ZERO,
             timeline: BootTimeline::default(),
+            uids,
         };
         std::mem::forget(guard); // `vm`'s Drop owns the cleanup now
                                  // The agent announces itself with a guest-initiated connection to READY_VSOCK_PORT.
@@ -189,7 +197,7 @@ impl Vm {
             source,
         })?;
         // The (unprivileged) vsock daemon connects to it for the guest.
-        let uid = vhost_user::vsock_daemon_uid(&vm.dir);
+        let uid = vm.uids.vsock();
         std::os::unix::fs::chown(&ready_path, Some(uid), Some(uid)).map_err(|source| {
             VmError::Dir {
                 path: ready_path.clone(),

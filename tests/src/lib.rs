@@ -141,3 +141,68 @@ pub fn busybox_rootfs(dir: &Path) {
     .unwrap();
     std::fs::write(dir.join("etc/hostname"), "image\n").unwrap();
 }
+
+/// A line of /proc/<pid>/status, e.g. `status_field(pid, "Uid:")`.
+pub fn status_field(pid: u32, field: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field).map(|v| v.trim().to_string()))
+        .unwrap_or_default()
+}
+
+/// Checks that `pid` (a VMM) runs jailed: a VMM uid, no groups, no capabilities, no_new_privs,
+/// in a mount namespace of its own whose root holds the host's /usr but not its homes, its
+/// users or containerd's state, and device nodes only for null, zero, urandom (and kvm).
+pub fn assert_jailed(pid: u32) {
+    let uid: u32 = status_field(pid, "Uid:")
+        .split_whitespace()
+        .next()
+        .and_then(|u| u.parse().ok())
+        .unwrap_or(0);
+    assert_eq!(uid >> 16, myvm::jail::VMM_UID_BASE >> 16, "VMM uid {uid}");
+    assert_eq!(status_field(pid, "Groups:"), "");
+    assert_eq!(status_field(pid, "CapEff:"), "0000000000000000");
+    assert_eq!(status_field(pid, "CapPrm:"), "0000000000000000");
+    assert_eq!(status_field(pid, "NoNewPrivs:"), "1");
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/mnt")).unwrap();
+    assert_ne!(
+        ns(&pid.to_string()),
+        ns("self"),
+        "VMM in the host's mount namespace"
+    );
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
+    assert!(root.join("usr/bin").is_dir(), "the jail has /usr");
+    for hidden in [
+        "etc/passwd",
+        "etc/shadow",
+        "root",
+        "home",
+        "var/lib",
+        "run/containerd",
+        "proc",
+        "sys",
+    ] {
+        assert!(
+            !root.join(hidden).exists(),
+            "/{hidden} is visible in the VMM's jail"
+        );
+    }
+    let mut devs: Vec<String> = std::fs::read_dir(root.join("dev"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|d| d != "kvm")
+        .collect();
+    devs.sort();
+    assert_eq!(devs, ["null", "urandom", "zero"]);
+    // Its root is read-only.
+    let mounts = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    let root_mount = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some("/"))
+        .unwrap();
+    assert!(
+        root_mount.split(' ').nth(5).unwrap().starts_with("ro"),
+        "{root_mount}"
+    );
+}

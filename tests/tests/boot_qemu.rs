@@ -9,7 +9,7 @@ use myvm::{
     hypervisor::BackendKind,
     vm::{Vm, VmError, VmOptions},
 };
-use myvm_tests::{built_kernel_release, pid_alive, setup, TempDir};
+use myvm_tests::{assert_jailed, built_kernel_release, pid_alive, setup, status_field, TempDir};
 
 fn options(run_root: &TempDir) -> VmOptions {
     options_for(run_root, BackendKind::Qemu)
@@ -47,6 +47,65 @@ fn builtin_backend_boots_and_answers_where_hardware_virtualization_exists() {
         "myvm-vmm must be built (make build)"
     );
     boot_answer_cleanup(BackendKind::Builtin);
+}
+
+/// On hosts without hardware virtualization the builtin VMM cannot boot the guest to its agent,
+/// but it must still start jailed: /dev/kvm, kernel, initrd, serial log and the vhost-user
+/// sockets reachable in its jail, running the guest (not exiting) until the boot times out.
+#[test]
+fn builtin_vmm_runs_jailed() {
+    setup();
+    let host = HostInfo::detect();
+    if !host.kvm || host.builtin_vmm.is_none() {
+        eprintln!("NOT RUN: no /dev/kvm or no myvm-vmm");
+        return;
+    }
+    let run_root = TempDir::new("myvm-e2e-jail");
+    let assets = Assets::discover().expect("assets");
+    let mut opts = options_for(&run_root, BackendKind::Builtin);
+    opts.boot_timeout = Duration::from_secs(4);
+    let root = run_root.path().to_path_buf();
+    let watcher = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(4);
+        while Instant::now() < deadline {
+            let vmm = std::fs::read_dir("/proc").unwrap().flatten().find_map(|e| {
+                let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+                let cmd = String::from_utf8_lossy(&cmd);
+                (cmd.contains("myvm-vmm") && cmd.contains(root.to_str().unwrap())).then_some(pid)
+            });
+            if let Some(pid) = vmm {
+                // Give it time to set up the VM (or to fail doing so).
+                std::thread::sleep(Duration::from_millis(1500));
+                assert!(pid_alive(pid), "myvm-vmm exited in its jail");
+                assert_jailed(pid);
+                assert_eq!(status_field(pid, "Seccomp:"), "2", "seccomp filters on");
+                let kvm = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                    .unwrap()
+                    .flatten()
+                    .any(|f| {
+                        std::fs::read_link(f.path())
+                            .is_ok_and(|l| l.to_string_lossy().contains("kvm-vm"))
+                    });
+                assert!(kvm, "myvm-vmm has a KVM VM open");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("myvm-vmm never ran");
+    });
+    let err = match Vm::boot(&opts, &assets, &host) {
+        Ok(_) if host.hw_virt => return watcher.join().unwrap(),
+        Ok(_) => panic!("the guest reached its agent under KVM-PVM"),
+        Err(e) => e,
+    };
+    watcher.join().unwrap();
+    let text = err.to_string();
+    assert!(
+        text.contains("never announced"),
+        "the VMM must not have exited: {text}"
+    );
+    assert_eq!(std::fs::read_dir(run_root.path()).unwrap().count(), 0);
 }
 
 fn boot_answer_cleanup(backend: BackendKind) {
@@ -94,6 +153,8 @@ fn boot_answer_cleanup(backend: BackendKind) {
     let pids = vm.pids();
     assert_eq!(pids.len(), 2, "VMM + vhost-device-vsock: {pids:?}");
     assert!(pids.iter().all(|p| pid_alive(*p)));
+    // The VMM (first) runs jailed.
+    assert_jailed(pids[0]);
     let dir = vm.dir().to_path_buf();
     assert!(vm.vsock_uds().exists());
     let serial = vm.serial_log().to_path_buf();

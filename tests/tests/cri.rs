@@ -80,6 +80,7 @@ fn cri_pod_runs_its_containers_in_one_vm() {
     assert_ne!(field("Uid:"), "0", "vhost-device-vsock runs as root");
     assert_eq!(field("CapEff:"), "0000000000000000", "{status}");
     assert_eq!(field("NoNewPrivs:"), "1");
+    myvm_tests::assert_jailed(vm);
     // The pod's files are root's alone: rootfs, volumes (secrets), sockets, logs. The VM
     // directory lets the vsock daemon's own group through (0710), nobody else.
     {
@@ -90,7 +91,7 @@ fn cri_pod_runs_its_containers_in_one_vm() {
         let vm_dir = sandboxes_root("k8s.io").join(vm_dir_name(&pod));
         let meta = std::fs::metadata(&vm_dir).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o710);
-        assert_eq!(meta.gid(), myvm::vhost_user::vsock_daemon_uid(&vm_dir));
+        assert_eq!(meta.gid() >> 16, myvm::jail::VSOCK_UID_BASE >> 16);
         assert_eq!(field("Uid:"), meta.gid().to_string());
     }
 
@@ -301,6 +302,12 @@ fn cri_pods_get_their_network_and_volumes() {
     );
     assert_eq!((code, out.trim()), (0, "hello-from-pod"), "{err}");
     assert_eq!(c.vm_pids().len(), 2, "one VM per pod");
+    // Each VMM serves its pod's network from its jail, through the tap fd the shim attached.
+    for vmm in c.vm_pids() {
+        myvm_tests::assert_jailed(vmm);
+        let tap = std::fs::read_link(format!("/proc/{vmm}/fd/{}", myvm::jail::TAP_FD_BASE));
+        assert_eq!(tap.unwrap().to_str(), Some("/dev/net/tun"));
+    }
 
     for pod in [&pod_a, &pod_b] {
         cri.remove_pod(pod).expect("removing a pod");

@@ -43,10 +43,11 @@ impl Builtin {
             a.push("--fs".into());
             a.push(format!("{}={}", fs.tag, fs.vhost_socket.display()));
         }
-        // In-process virtio-net on the tap (opened by name in the pod netns the VMM runs in);
-        // mtu 0 = not announced, as QEMU's host_mtu=0.
-        for net in &c.net {
-            let mut v = format!("tap={},mac={}", net.tap, net.mac);
+        // In-process virtio-net on the tap, attached for it as an inherited fd; mtu 0 = not
+        // announced, as QEMU's host_mtu=0.
+        for (i, net) in c.net.iter().enumerate() {
+            let fd = crate::jail::TAP_FD_BASE + i as i32;
+            let mut v = format!("tap={},mac={},fd={fd}", net.tap, net.mac);
             if net.mtu != 0 {
                 v.push_str(&format!(",mtu={}", net.mtu));
             }
@@ -69,7 +70,7 @@ impl Hypervisor for Builtin {
     fn start(&mut self, config: &VmConfig) -> Result<(), HypervisorError> {
         let mut cmd = Command::new(&self.binary);
         cmd.args(self.args(config));
-        spawn_vmm(&mut self.process, "myvm-vmm", cmd, config)
+        spawn_vmm(&mut self.process, "myvm-vmm", cmd, config, true)
     }
 
     fn vmm(&self) -> Option<&Managed> {
@@ -114,13 +115,14 @@ mod tests {
             ],
             netns: Some("/var/run/netns/cni-1".into()),
             work_dir: "/d".into(),
+            vmm_uid: None,
         };
         let a = Builtin::new("myvm-vmm".into()).args(&c).join(" ");
         assert_eq!(
             a,
             "--kernel /k --initrd /i --cmdline console=ttyS0 --vcpus 2 --memory-mib 128 --serial-log /d/serial.log \
              --vsock-socket /d/v.sock --fs myvmfs=/d/fs.sock \
-             --net tap=tap0_myvm,mac=0a:58:0a:f4:00:05,mtu=1450 --net tap=tap1_myvm,mac=0a:58:0a:f4:00:06"
+             --net tap=tap0_myvm,mac=0a:58:0a:f4:00:05,fd=200,mtu=1450 --net tap=tap1_myvm,mac=0a:58:0a:f4:00:06,fd=201"
         );
     }
 }

@@ -71,9 +71,11 @@ pub struct FsDevice {
 
 /// A virtio-net device backed by a tap device. The tap lives in the network namespace the
 /// VMM runs in (`VmConfig::netns`), where the shim created it and wired it to the pod's veth.
+/// The VMM does not open it: it inherits the n-th tap attached as fd `TAP_FD_BASE + n`
+/// ([`crate::jail::attach_taps`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetDevice {
-    /// Name of the tap interface (opened by name by the VMM, in its network namespace).
+    /// Name of the tap interface.
     pub tap: String,
     /// MAC address the guest interface gets (the pod veth's, so the pod keeps its identity).
     pub mac: String,
@@ -101,6 +103,8 @@ pub struct VmConfig {
     pub netns: Option<PathBuf>,
     /// Per-VM directory for the backend's own files (logs, pid files, sockets).
     pub work_dir: PathBuf,
+    /// The uid the VMM runs as, jailed (see [`crate::jail`]); None = as the caller, unjailed.
+    pub vmm_uid: Option<u32>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +117,8 @@ pub enum HypervisorError {
     Unavailable(BackendKind, String),
     #[error("the VM is not running")]
     NotRunning,
+    #[error("preparing the VMM's jail: {0}")]
+    Jail(std::io::Error),
 }
 
 /// One VM process managed by a backend.
@@ -163,12 +169,14 @@ pub const MAX_VCPUS: u32 = 32;
 pub const MIN_MEMORY_MIB: u32 = 64;
 
 /// What every backend's `start` does: check the config, refuse a second VM, spawn the VMM with
-/// its output in `<work_dir>/<name>.log`.
+/// its output in `<work_dir>/<name>.log`, in the pod's netns with its taps attached, and jailed
+/// when `config.vmm_uid` says so (`kvm`: it needs /dev/kvm).
 pub fn spawn_vmm(
     slot: &mut Option<Managed>,
     name: &str,
     cmd: std::process::Command,
     config: &VmConfig,
+    kvm: bool,
 ) -> Result<(), HypervisorError> {
     validate(config)?;
     if slot.is_some() {
@@ -187,11 +195,50 @@ pub fn spawn_vmm(
     if let Some(ns) = &netns {
         crate::process::join_netns(&mut cmd, ns);
     }
+    let taps: Vec<String> = config.net.iter().map(|n| n.tap.clone()).collect();
+    crate::jail::attach_taps(&mut cmd, &taps).map_err(HypervisorError::Jail)?;
+    if let Some(uid) = config.vmm_uid {
+        jail(&mut cmd, config, uid, kvm).map_err(HypervisorError::Jail)?;
+    }
     tracing::debug!(?cmd, "starting {name}");
     let log = config.work_dir.join(format!("{name}.log"));
     *slot = Some(Managed::spawn(name, cmd, Some(&log))?);
     drop(netns);
     Ok(())
+}
+
+/// Jails `cmd` (see [`crate::jail`]): it sees its binary, the kernel, initrd, serial log and
+/// vhost-user sockets, and /dev/kvm if it needs it, all owned or opened for `uid`.
+fn jail(
+    cmd: &mut std::process::Command,
+    config: &VmConfig,
+    uid: u32,
+    kvm: bool,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let root = config.work_dir.join("jail");
+    std::fs::create_dir_all(&root)?;
+    let mut jail = crate::jail::Jail::new(&root, uid)?;
+    jail.bind(Path::new(cmd.get_program()), false)?;
+    jail.bind(&config.kernel, false)?;
+    jail.bind(&config.initrd, false)?;
+    // The serial log: the VMM's to write, the shim's to read.
+    std::fs::File::create(&config.serial_log)?;
+    std::os::unix::fs::chown(&config.serial_log, Some(uid), Some(uid))?;
+    std::fs::set_permissions(&config.serial_log, std::fs::Permissions::from_mode(0o600))?;
+    jail.bind(&config.serial_log, true)?;
+    // The daemons' sockets: connecting takes write permission, given through the socket's group.
+    let sockets = std::iter::once(&config.vsock_vhost_socket)
+        .chain(config.fs.iter().map(|f| &f.vhost_socket));
+    for socket in sockets {
+        std::os::unix::fs::chown(socket, None, Some(uid))?;
+        std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))?;
+        jail.bind(socket, true)?;
+    }
+    if kvm {
+        jail.device(Path::new("/dev/kvm"), true)?;
+    }
+    jail.enter(cmd)
 }
 
 pub fn validate(config: &VmConfig) -> Result<(), HypervisorError> {

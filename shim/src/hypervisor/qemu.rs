@@ -75,8 +75,8 @@ impl Qemu {
             push(&[
                 "-netdev",
                 &format!(
-                    "tap,id=net{i},ifname={},script=no,downscript=no,vhost=off",
-                    net.tap
+                    "tap,id=net{i},fd={},vhost=off",
+                    crate::jail::TAP_FD_BASE + i as i32
                 ),
             ]);
             push(&[
@@ -104,7 +104,13 @@ impl Hypervisor for Qemu {
     fn start(&mut self, config: &VmConfig) -> Result<(), HypervisorError> {
         let mut cmd = Command::new(&self.binary);
         cmd.args(self.args(config));
-        spawn_vmm(&mut self.process, "qemu", cmd, config)
+        spawn_vmm(
+            &mut self.process,
+            "qemu",
+            cmd,
+            config,
+            self.accel == Accel::Kvm,
+        )
     }
 
     fn vmm(&self) -> Option<&Managed> {
@@ -137,6 +143,7 @@ mod tests {
             net: vec![],
             netns: None,
             work_dir: "/run/x".into(),
+            vmm_uid: None,
         }
     }
 

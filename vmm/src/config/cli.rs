@@ -39,7 +39,8 @@ pub struct Cli {
     /// virtio-fs device served by a vhost-user daemon, as TAG=SOCKET (repeatable).
     #[arg(long = "fs", value_parser = parse_fs_value)]
     pub fs: Vec<FsConfig>,
-    /// virtio-net device on an existing tap, as tap=<ifname>,mac=<aa:bb:cc:dd:ee:ff>[,mtu=<n>]
+    /// virtio-net device on an existing tap, as tap=<ifname>,mac=<aa:bb:cc:dd:ee:ff>[,mtu=<n>][,fd=<n>]
+    /// (fd: an inherited /dev/net/tun fd already attached to that tap)
     /// (repeatable).
     #[arg(long = "net", value_parser = parse_net_value)]
     pub net: Vec<NetConfig>,

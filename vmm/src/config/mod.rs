@@ -50,7 +50,7 @@ pub enum ConfigError {
     #[error("bad --fs value {0:?}: expected TAG=SOCKET")]
     BadFsArg(String),
     #[error(
-        "bad --net value {0:?}: {1} (expected tap=<ifname>,mac=<aa:bb:cc:dd:ee:ff>[,mtu=<n>])"
+        "bad --net value {0:?}: {1} (expected tap=<ifname>,mac=<aa:bb:cc:dd:ee:ff>[,mtu=<n>][,fd=<n>])"
     )]
     BadNetArg(String, String),
     #[error("bad MAC address {0:?}: {1}")]
@@ -87,12 +87,16 @@ fn default_fs_queues() -> u16 {
 }
 
 /// A virtio-net device backed by a tap interface that already exists in the VMM's network
-/// namespace (the VMM opens it by name; it never creates one).
+/// namespace (the VMM opens it by name, or takes it attached as an inherited fd; it never creates
+/// one).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetConfig {
     /// Name of the tap interface.
     pub tap: String,
+    /// An inherited `/dev/net/tun` fd already attached to the tap (a jailed VMM cannot attach).
+    #[serde(default)]
+    pub fd: Option<i32>,
     /// MAC address of the guest interface (unicast).
     pub mac: MacAddr,
     /// MTU announced to the guest (VIRTIO_NET_F_MTU); none = the guest's default (1500).
@@ -365,10 +369,10 @@ pub fn check_ifname(name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Parses a `--net tap=<ifname>,mac=<aa:bb:cc:dd:ee:ff>[,mtu=<n>]` argument.
+/// Parses a `--net tap=<ifname>,mac=<aa:bb:cc:dd:ee:ff>[,mtu=<n>][,fd=<n>]` argument.
 pub fn parse_net_arg(arg: &str) -> Result<NetConfig, ConfigError> {
     let bad = |why: String| ConfigError::BadNetArg(arg.to_owned(), why);
-    let (mut tap, mut mac, mut mtu) = (None, None, None);
+    let (mut tap, mut mac, mut mtu, mut fd) = (None, None, None, None);
     for part in arg.split(',') {
         let (key, value) = part
             .split_once('=')
@@ -377,6 +381,7 @@ pub fn parse_net_arg(arg: &str) -> Result<NetConfig, ConfigError> {
             "tap" => &mut tap,
             "mac" => &mut mac,
             "mtu" => &mut mtu,
+            "fd" => &mut fd,
             _ => return Err(bad(format!("unknown key {key:?}"))),
         };
         if slot.replace(value).is_some() {
@@ -396,8 +401,17 @@ pub fn parse_net_arg(arg: &str) -> Result<NetConfig, ConfigError> {
                 .map_err(|_| bad(format!("mtu {m:?} is not a number")))
         })
         .transpose()?;
+    let fd = fd
+        .map(|f| {
+            f.parse::<i32>()
+                .ok()
+                .filter(|&f| f > 2)
+                .ok_or_else(|| bad(format!("fd {f:?} is not a number above 2")))
+        })
+        .transpose()?;
     Ok(NetConfig {
         tap: tap.to_owned(),
+        fd,
         mac,
         mtu,
     })

@@ -181,7 +181,10 @@ fn net_argument_syntax_and_errors() {
     assert_eq!(n.mtu, Some(1400));
     // Any key order, mtu optional.
     let n = parse_net_arg("mac=02:00:00:00:00:01,tap=eth-tap").unwrap();
-    assert_eq!((n.tap.as_str(), n.mtu), ("eth-tap", None));
+    assert_eq!((n.tap.as_str(), n.mtu, n.fd), ("eth-tap", None, None));
+    // An inherited, already attached tap fd.
+    let n = parse_net_arg("tap=t0,mac=02:00:00:00:00:01,fd=200").unwrap();
+    assert_eq!(n.fd, Some(200));
 
     let err = |a: &str| parse_net_arg(a).unwrap_err().to_string();
     assert!(err("mac=02:00:00:00:00:01").contains("missing tap name"));
@@ -191,6 +194,7 @@ fn net_argument_syntax_and_errors() {
     assert!(err("tap=t0,tap=t1,mac=02:00:00:00:00:01").contains("tap given twice"));
     assert!(err("tap=t0,mac").contains("is not key=value"));
     assert!(err("tap=t0,mac=02:00:00:00:00:01,mtu=big").contains("mtu \"big\" is not a number"));
+    assert!(err("tap=t0,mac=02:00:00:00:00:01,fd=1").contains("fd \"1\" is not a number above 2"));
     assert!(err("tap=a/b,mac=02:00:00:00:00:01").contains("bad tap name \"a/b\""));
     assert!(err("tap=waytoolongname16,mac=02:00:00:00:00:01").contains("longer than 15 bytes"));
     for (mac, why) in [

@@ -70,7 +70,13 @@ pub enum NetError {
 pub fn open_taps(cfg: &VmmConfig) -> Result<Vec<Tap>, NetError> {
     cfg.net
         .iter()
-        .map(|n| Tap::open(&n.tap).map_err(NetError::from))
+        .map(|n| {
+            match n.fd {
+                Some(fd) => Tap::from_fd(&n.tap, fd),
+                None => Tap::open(&n.tap),
+            }
+            .map_err(NetError::from)
+        })
         .collect()
 }
 

@@ -3,7 +3,8 @@
 //! offloads (TUNSETOFFLOAD 0: the kernel hands us complete, checksummed frames), non-blocking.
 //!
 //! The tap must already exist in the calling thread's network namespace: TUNSETIFF would create
-//! a fresh, unconnected one, so the name is looked up first.
+//! a fresh, unconnected one, so the name is looked up first. A jailed VMM (no CAP_NET_ADMIN, no
+//! /dev/net/tun) gets its taps already attached, as inherited fds ([`Tap::from_fd`]).
 
 use std::{
     ffi::CString,
@@ -26,6 +27,8 @@ pub const TUNSETIFF: u64 = iow(202, 4);
 pub const TUNSETOFFLOAD: u64 = iow(208, 4);
 /// `_IOW('T', 216, int)`
 pub const TUNSETVNETHDRSZ: u64 = iow(216, 4);
+/// `_IOR('T', 210, unsigned int)`
+pub const TUNGETIFF: u64 = (2 << 30) | (4 << 16) | ((b'T' as u64) << 8) | 210;
 
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
@@ -54,6 +57,8 @@ pub enum TapError {
     },
     #[error("tap name {0:?} is not a valid interface name")]
     BadName(String),
+    #[error("tap {tap}: fd {fd} {why}")]
+    BadFd { tap: String, fd: RawFd, why: String },
 }
 
 /// An open tap queue.
@@ -99,6 +104,67 @@ impl Tap {
         // SAFETY: TUNSETIFF reads and writes a `struct ifreq`, which `req` is (same layout/size).
         let r = unsafe { libc::ioctl(tap.file.as_raw_fd(), TUNSETIFF as _, &mut req) };
         tap.check(r, "TUNSETIFF")?;
+        tap.configure()
+    }
+
+    /// Takes over `fd`, a `/dev/net/tun` file already attached to the tap `name` (with IFF_TAP,
+    /// IFF_NO_PI and IFF_VNET_HDR) by whoever started the VMM. The fd must be open and owned by
+    /// nobody else in this process.
+    pub fn from_fd(name: &str, fd: RawFd) -> Result<Tap, TapError> {
+        let bad = |why: String| TapError::BadFd {
+            tap: name.to_owned(),
+            fd,
+            why,
+        };
+        // SAFETY: F_GETFD only checks that `fd` is open.
+        if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            return Err(bad(format!("is not open ({})", io::Error::last_os_error())));
+        }
+        // SAFETY: `fd` is open and, by this function's contract, ours alone from here on.
+        let file = unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+        let mut req = IfReq {
+            name: [0; libc::IFNAMSIZ],
+            flags: 0,
+            _pad: [0; 22],
+        };
+        // SAFETY: TUNGETIFF writes a `struct ifreq`, which `req` is.
+        if unsafe { libc::ioctl(file.as_raw_fd(), TUNGETIFF as _, &mut req) } < 0 {
+            let e = io::Error::last_os_error();
+            return Err(bad(format!("is not an attached tap (TUNGETIFF: {e})")));
+        }
+        let got = req.name.split(|&b| b == 0).next().unwrap_or_default();
+        if got != name.as_bytes() {
+            return Err(bad(format!(
+                "is attached to {:?}, not to it",
+                String::from_utf8_lossy(got)
+            )));
+        }
+        let want = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+        if req.flags & want != want {
+            return Err(bad(format!(
+                "lacks IFF_TAP | IFF_NO_PI | IFF_VNET_HDR (flags {:#x})",
+                req.flags
+            )));
+        }
+        // SAFETY: plain fcntl flag calls on our fd.
+        let r = unsafe {
+            let fl = libc::fcntl(fd, libc::F_GETFL);
+            libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK);
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC)
+        };
+        if r < 0 {
+            return Err(bad(format!("fcntl: {}", io::Error::last_os_error())));
+        }
+        Tap {
+            file,
+            name: name.to_owned(),
+        }
+        .configure()
+    }
+
+    /// 12-byte vnet headers and no offloads.
+    fn configure(self) -> Result<Tap, TapError> {
+        let tap = self;
         let hdr_len = VNET_HDR_LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads an int through the pointer.
         let r = unsafe { libc::ioctl(tap.file.as_raw_fd(), TUNSETVNETHDRSZ as _, &hdr_len) };

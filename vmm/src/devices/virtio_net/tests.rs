@@ -78,6 +78,7 @@ pub(super) fn open_up(name: &str) -> Tap {
 pub(super) fn net_config(tap: &str, mtu: Option<u32>) -> NetConfig {
     NetConfig {
         tap: tap.into(),
+        fd: None,
         mac: MacAddr(GUEST_MAC),
         mtu,
     }
@@ -231,6 +232,28 @@ fn ioctl_numbers_match_linux() {
     assert_eq!(tap::TUNSETIFF, 0x4004_54ca);
     assert_eq!(tap::TUNSETOFFLOAD, 0x4004_54d0);
     assert_eq!(tap::TUNSETVNETHDRSZ, 0x4004_54d8);
+    assert_eq!(tap::TUNGETIFF, 0x8004_54d2);
+}
+
+#[test]
+fn an_inherited_tap_fd_is_checked_and_taken_over() {
+    use std::os::fd::AsRawFd;
+    in_netns(|| {
+        make_tap("tfd");
+        let opened = Tap::open("tfd").unwrap();
+        // What a jailed VMM inherits: another fd of a file attached to the tap.
+        let dup = || unsafe { libc::dup(opened.as_raw_fd()) };
+        let tap = Tap::from_fd("tfd", dup()).unwrap();
+        assert_eq!(tap.name(), "tfd");
+        let s = Tap::from_fd("other", dup()).unwrap_err().to_string();
+        assert!(s.contains("is attached to \"tfd\", not to it"), "{s}");
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let fd = unsafe { libc::dup(null.as_raw_fd()) };
+        let s = Tap::from_fd("tfd", fd).unwrap_err().to_string();
+        assert!(s.contains("is not an attached tap"), "{s}");
+        let s = Tap::from_fd("tfd", 999).unwrap_err().to_string();
+        assert!(s.contains("fd 999 is not open"), "{s}");
+    });
 }
 
 #[test]
