@@ -50,10 +50,59 @@ pub struct VsockDaemon {
 /// A running virtiofsd sharing one host directory.
 #[derive(Debug)]
 pub struct FsDaemon {
+    // Field order is drop order: the daemon goes before its mount point.
     pub process: Managed,
     pub vhost_socket: PathBuf,
     pub tag: String,
     pub shared_dir: PathBuf,
+    _propagation: PropagatingDir,
+}
+
+/// The shared directory made a mount point of its own with shared propagation. virtiofsd's
+/// namespace sandbox gives it a mount namespace of its own holding only that directory, copied
+/// when it starts; what the shim mounts below the directory later (container rootfs, volumes)
+/// reaches that copy only through propagation. Unmounted on drop.
+#[derive(Debug)]
+struct PropagatingDir(PathBuf);
+
+impl PropagatingDir {
+    fn new(dir: &Path) -> Result<Self, DaemonError> {
+        use nix::mount::{mount, MsFlags};
+        let err = |source: nix::errno::Errno| DaemonError::Dir {
+            path: dir.to_path_buf(),
+            source: source.into(),
+        };
+        mount(
+            Some(dir),
+            dir,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(err)?;
+        let guard = PropagatingDir(dir.to_path_buf());
+        mount(
+            None::<&str>,
+            dir,
+            None::<&str>,
+            MsFlags::MS_SHARED,
+            None::<&str>,
+        )
+        .map_err(err)?;
+        Ok(guard)
+    }
+}
+
+impl Drop for PropagatingDir {
+    fn drop(&mut self) {
+        unmount_propagating_dir(&self.0);
+    }
+}
+
+/// Undoes what starting virtiofsd on `dir` mounted (also after the shim that did it died).
+pub fn unmount_propagating_dir(dir: &Path) {
+    use nix::mount::{umount2, MntFlags};
+    let _ = umount2(dir, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW);
 }
 
 /// Starts vhost-device-vsock for the VM in `dir`. It parses every vsock packet the guest sends,
@@ -124,8 +173,9 @@ pub fn start_virtiofsd(
         .args([
             "--cache",
             "auto",
+            // Own mount (only the shared directory), pid and network namespaces.
             "--sandbox",
-            "chroot",
+            "namespace",
             "--announce-submounts",
             "--xattr",
         ])
@@ -134,6 +184,7 @@ pub fn start_virtiofsd(
         cmd.arg("--readonly");
     }
     let log = dir.join(format!("virtiofsd-{tag}.log"));
+    let propagation = PropagatingDir::new(shared_dir)?;
     let mut process = Managed::spawn("virtiofsd", cmd, Some(&log))?;
     wait_for_socket(&mut process, &vhost_socket)?;
     Ok(FsDaemon {
@@ -141,6 +192,7 @@ pub fn start_virtiofsd(
         vhost_socket,
         tag: tag.to_string(),
         shared_dir: shared_dir.to_path_buf(),
+        _propagation: propagation,
     })
 }
 

@@ -271,6 +271,43 @@ fn cri_pods_get_their_network_and_volumes() {
     let (code, _, _) = cri.exec_sync(&server, &["sh", "-c", "echo x > /var/run/secrets/token"]);
     assert_ne!(code, 0, "a read-only volume was writable");
     assert_eq!(std::fs::read_to_string(&secret).unwrap(), "s3cret\n");
+    // virtiofsd serves the pod from namespaces of its own (mount, network, pid), whose root is
+    // the shared directory; the read-only volume is read-only there too, so not even a hostile
+    // guest kernel can write it through FUSE.
+    let shim = c.shims()[0].0;
+    let procs = myvm_tests::containerd::processes();
+    let fsd: Vec<u32> = procs
+        .iter()
+        .filter(|(_, ppid, cmd)| {
+            cmd.contains("virtiofsd") && procs.iter().any(|(p, pp, _)| p == ppid && *pp == shim)
+        })
+        .map(|(pid, _, _)| *pid)
+        .collect();
+    assert_eq!(fsd.len(), 1, "virtiofsd's sandboxed child: {procs:?}");
+    for ns in ["mnt", "net", "pid"] {
+        let of = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/{ns}")).unwrap();
+        assert_ne!(
+            of(&fsd[0].to_string()),
+            of("self"),
+            "virtiofsd in the host's {ns} namespace"
+        );
+    }
+    let root = format!("/proc/{}/root", fsd[0]);
+    assert!(
+        !std::path::Path::new(&root).join("usr").exists(),
+        "virtiofsd sees the host"
+    );
+    let mountinfo = std::fs::read_to_string(format!("/proc/{}/mountinfo", fsd[0])).unwrap();
+    let token = mountinfo
+        .lines()
+        .find(|l| {
+            l.contains("/mounts/") && l.split(' ').nth(3).is_some_and(|r| r.ends_with("/token"))
+        })
+        .unwrap_or_else(|| panic!("the secret is not mounted for virtiofsd:\n{mountinfo}"));
+    assert!(
+        token.split(' ').nth(5).unwrap().starts_with("ro,"),
+        "{token}"
+    );
 
     // Pod B reaches pod A over the pod network.
     let b_cfg = pod_config("client-b", logs.path());

@@ -129,20 +129,73 @@ fn bind_into(source: &str, destination: &str, target: &Path, ro: bool) -> Result
     } else {
         std::fs::File::create(target).map_err(|e| fail("create", e))?;
     }
-    mount(
-        Some(src),
-        target,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(|e| fail("bind", e.into()))?;
     if ro {
-        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-        if let Err(e) = mount(None::<&str>, target, None::<&str>, flags, None::<&str>) {
-            let _ = umount2(target, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW);
-            return Err(fail("remount read-only", e.into()));
+        bind_readonly(src, target).map_err(|e| fail("bind read-only", e))?;
+    } else {
+        mount(
+            Some(src),
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .map_err(|e| fail("bind", e.into()))?;
+    }
+    Ok(())
+}
+
+/// Binds `src` (and what is mounted below it) at `target` read-only in one step, with the new
+/// mount API: a detached copy of the tree is made read-only, then attached. A bind then a
+/// read-only remount would show the volume writable for a moment, and the copy that propagates
+/// into virtiofsd's mount namespace at the bind would stay writable.
+fn bind_readonly(src: &Path, target: &Path) -> std::io::Result<()> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let cstr = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::other("NUL in a path"))
+    };
+    let (src, target) = (cstr(src)?, cstr(target)?);
+    let check = |r: libc::c_long| {
+        if r < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(r)
         }
+    };
+    // SAFETY: plain system calls on NUL-terminated strings, a struct we own and our own fd.
+    unsafe {
+        let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_RECURSIVE as u32;
+        let fd = check(libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            src.as_ptr(),
+            flags,
+        ))?;
+        let tree = OwnedFd::from_raw_fd(fd as i32);
+        let attr = libc::mount_attr {
+            attr_set: libc::MOUNT_ATTR_RDONLY | libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        use std::os::fd::AsRawFd;
+        check(libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_RECURSIVE,
+            &attr as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
+        ))?;
+        check(libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        ))?;
     }
     Ok(())
 }

@@ -332,6 +332,7 @@ pub fn cleanup_dead(ns: &str, sandbox_id: &str, container_id: &str) {
                 unmount(&e.path());
             }
         }
+        crate::vhost_user::unmount_propagating_dir(&shared);
         let _ = std::fs::remove_dir(&shared);
         HostCgroup::existing(&host_cgroup_name(ns, sandbox_id)).remove();
         let vmdir = sandboxes_root(ns).join(vm_dir_name(sandbox_id));
