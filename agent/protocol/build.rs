@@ -2,7 +2,7 @@ use std::{fs, path::Path};
 
 use ttrpc_codegen::{Codegen, Customize, ProtobufCustomize};
 
-const PROTOS: &[&str] = &["protos/agent.proto"];
+const PROTOS: &[&str] = &["protos/agent.proto", "protos/events.proto"];
 
 fn main() {
     for p in PROTOS {

@@ -129,6 +129,20 @@ impl HostCgroup {
             .ok()
     }
 
+    /// How many of the sandbox's host processes the kernel killed for the cgroup's memory limit.
+    pub fn oom_kills(&self) -> u64 {
+        let (file, key) = if self.v2 {
+            ("memory.events", "oom_kill")
+        } else {
+            ("memory.oom_control", "oom_kill")
+        };
+        std::fs::read_to_string(self.dirs[0].join(file))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// The cgroup directories (for tests and diagnostics).
     pub fn dirs(&self) -> &[PathBuf] {
         &self.dirs
@@ -193,5 +207,31 @@ mod tests {
         child.wait().unwrap();
         cg.remove();
         assert!(cg.dirs().iter().all(|d| !d.exists()));
+    }
+
+    #[test]
+    fn counts_its_oom_kills() {
+        if !nix::unistd::geteuid().is_root() || !Path::new(ROOT).exists() {
+            eprintln!("NOT RUN: needs root and /sys/fs/cgroup");
+            return;
+        }
+        let name = format!("test-oom-{}", std::process::id());
+        let limits = Limits {
+            memory_bytes: 16 << 20,
+            pids: 16,
+        };
+        let cg = HostCgroup::create(&name, limits).unwrap();
+        assert_eq!(cg.oom_kills(), 0);
+        // Joins the cgroup during its first sleep, then grows past the limit.
+        let mut hog = std::process::Command::new("sh")
+            .args(["-c", "sleep 0.5; x=a; while true; do x=$x$x; done"])
+            .spawn()
+            .unwrap();
+        cg.add(hog.id()).unwrap();
+        let status = hog.wait().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
+        assert_eq!(cg.oom_kills(), 1);
+        cg.remove();
     }
 }

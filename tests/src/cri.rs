@@ -57,27 +57,31 @@ pub fn container_config(name: &str, cmd: &[&str]) -> ContainerConfig {
     }
 }
 
+/// A gRPC channel to containerd's socket (CRI and containerd's own services share it).
+pub fn uds_channel(rt: &tokio::runtime::Runtime, socket: &Path) -> Channel {
+    let path = socket.to_path_buf();
+    rt.block_on(
+        Endpoint::try_from("http://[::]:50051")
+            .unwrap()
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let path = path.clone();
+                async move {
+                    Ok::<_, std::io::Error>(TokioIo::new(
+                        tokio::net::UnixStream::connect(path).await?,
+                    ))
+                }
+            })),
+    )
+    .expect("connecting to containerd's socket")
+}
+
 impl Cri {
     pub fn connect(socket: &Path) -> Cri {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        let path = socket.to_path_buf();
-        let channel = rt
-            .block_on(
-                Endpoint::try_from("http://[::]:50051")
-                    .unwrap()
-                    .connect_with_connector(tower::service_fn(move |_: Uri| {
-                        let path = path.clone();
-                        async move {
-                            Ok::<_, std::io::Error>(TokioIo::new(
-                                tokio::net::UnixStream::connect(path).await?,
-                            ))
-                        }
-                    })),
-            )
-            .expect("connecting to containerd's CRI socket");
+        let channel = uds_channel(&rt, socket);
         Cri {
             rt,
             runtime: RuntimeServiceClient::new(channel.clone()),

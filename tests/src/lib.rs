@@ -98,6 +98,7 @@ impl Drop for TempDir {
 
 pub mod containerd;
 pub mod cri;
+pub mod events;
 pub mod guest;
 
 /// Creates a minimal busybox root filesystem in `dir` (static busybox + applet links, passwd,

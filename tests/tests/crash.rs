@@ -3,8 +3,10 @@
 
 use std::time::Duration;
 
+use myvm_protocol::SANDBOX_ERROR_TOPIC;
 use myvm_tests::{
     containerd::{processes, Containerd},
+    events::{sandbox_error, Events},
     pid_alive, wait_until,
 };
 
@@ -143,6 +145,7 @@ fn restarted_containerd_manages_running_pods_again() {
 #[test]
 fn hung_guest_is_stopped_and_its_task_reported_killed() {
     let c = Containerd::start();
+    let events = Events::subscribe(&c.socket);
     run_detached(&c, "frozen");
     let vm = c.vm_pids();
     assert_eq!(vm.len(), 1);
@@ -165,6 +168,13 @@ fn hung_guest_is_stopped_and_its_task_reported_killed() {
         log.contains("the agent stopped answering"),
         "no clear error in containerd's log"
     );
+    let e = events.wait_for(SANDBOX_ERROR_TOPIC, Duration::from_secs(5), |_| true);
+    let err = sandbox_error(&e);
+    assert_eq!(
+        (err.sandbox_id.as_str(), err.reason.as_str()),
+        ("frozen", "agent-unresponsive")
+    );
+    assert_eq!(err.container_ids, ["frozen"]);
     assert!(c.ctr(&["task", "rm", "frozen"]).status.success());
     assert!(c.ctr(&["container", "rm", "frozen"]).status.success());
     wait_until("the shim to exit", Duration::from_secs(15), || {

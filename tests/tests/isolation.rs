@@ -8,7 +8,9 @@
 //! - a memory hog, a full tmpfs and a fork bomb stay inside their limits while a second pod keeps
 //!   answering;
 //! - a VMM killed from the host or a guest kernel panic ends that pod with exit 137 and a clear
-//!   error, `ctr task rm`/`container rm` work, and nothing of the pod is left on the host.
+//!   error, `ctr task rm`/`container rm` work, and nothing of the pod is left on the host;
+//! - the guest out of memory as a whole is a SandboxError event naming the VM, a container over
+//!   its own limit a TaskOOM.
 //!
 //! Container ids carry the test's pid: `/run/myvm` is shared by every containerd on the host.
 
@@ -21,10 +23,12 @@ use std::{
 };
 
 use myvm::shim::sandbox::{cleanup_dead, sandboxes_root, shared_dir, vm_dir_name};
+use myvm_protocol::SANDBOX_ERROR_TOPIC;
 use myvm_tests::{
     built_kernel_release,
     containerd::{kill_shim, processes, Containerd},
     cri::{container_config, pod_config, v1, Cri},
+    events::{sandbox_error, Events},
     pid_alive, wait_until, TempDir,
 };
 
@@ -577,6 +581,7 @@ fn memory_hog_and_disk_fill_stay_in_their_limits_beside_a_second_pod() {
             .spawn()
             .unwrap(),
     );
+    let subscriber = Events::subscribe(&c.socket);
     let bystander = uid("bystander");
     guard.add("default", &bystander);
     start_idle_pod(&c, &[], &bystander);
@@ -643,6 +648,12 @@ fn memory_hog_and_disk_fill_stay_in_their_limits_beside_a_second_pod() {
             .any(|l| l.contains("/tasks/oom") && l.contains(&hog)),
         "no OOM event for {hog}:\n{ev}"
     );
+    // A container's OOM is the container's: its VM is fine, no sandbox error.
+    assert!(
+        !subscriber.on("/tasks/oom").is_empty(),
+        "the subscriber missed the TaskOOM"
+    );
+    assert_eq!(subscriber.on(SANDBOX_ERROR_TOPIC), vec![]);
 }
 
 /// `pids.current` and `pids.limit` from `ctr task metrics` (the guest's cgroup, as the shim
@@ -820,6 +831,7 @@ fn assert_pod_ended_cleanly(c: &Containerd, id: &str, socket: &str) -> String {
 #[test]
 fn vmm_killed_from_the_host_ends_the_pod_and_leaves_nothing() {
     let c = Containerd::start();
+    let events = Events::subscribe(&c.socket);
     let mut guard = PodGuard::new(&c);
     let id = uid("vmmkill");
     guard.add("default", &id);
@@ -830,23 +842,28 @@ fn vmm_killed_from_the_host_ends_the_pod_and_leaves_nothing() {
     )
     .unwrap();
     assert_pod_ended_cleanly(&c, &id, &socket);
+    let e = events.wait_for(SANDBOX_ERROR_TOPIC, Duration::from_secs(5), |_| true);
+    let err = sandbox_error(&e);
+    assert_eq!((err.sandbox_id, err.reason), (id, "vmm-exited".to_string()));
 }
 
+/// The guest out of memory as a whole (not one container over its own limit) ends the pod with
+/// a SandboxError event naming the VM and the reason, distinct from a container's TaskOOM.
 #[test]
-fn guest_kernel_panic_ends_the_pod_and_spares_the_other() {
+fn guest_out_of_memory_as_a_whole_is_a_sandbox_error_and_spares_the_other_pod() {
     let c = Containerd::start();
+    let events = Events::subscribe(&c.socket);
     let mut guard = PodGuard::new(&c);
-    let bystander = uid("panic-bystander");
+    let bystander = uid("oom-bystander");
     guard.add("default", &bystander);
     start_idle_pod(&c, &[], &bystander);
 
-    // Root in a privileged container can panic its guest's kernel: panic on any OOM, then an OOM
-    // under the container's memory limit. (The agent is PID 1 of the guest, out of every
-    // container's pid namespace; its death would panic the kernel the same way, "Attempted to
-    // kill init".)
-    let id = uid("panic");
+    // Root in a privileged container makes its guest's kernel panic on a system-wide OOM (the
+    // guest's own choice: by default its OOM killer would end the hog and the VM would live),
+    // then a hog with no memory limit of its own fills the guest's 256 MiB.
+    let id = uid("vm-oom");
     guard.add("default", &id);
-    let (vmm, socket) = start_victim(&c, &["--privileged", "--memory-limit", "33554432"], &id);
+    let (vmm, socket) = start_victim(&c, &["--privileged"], &id);
     let o = c.ctr(&[
         "task",
         "exec",
@@ -855,9 +872,9 @@ fn guest_kernel_panic_ends_the_pod_and_spares_the_other() {
         &id,
         "sh",
         "-c",
-        "echo 2 > /proc/sys/vm/panic_on_oom; cat /proc/sys/vm/panic_on_oom",
+        "echo 1 > /proc/sys/vm/panic_on_oom; cat /proc/sys/vm/panic_on_oom",
     ]);
-    assert_eq!(stdout(&o), "2\n", "{}", text(&o));
+    assert_eq!(stdout(&o), "1\n", "{}", text(&o));
     let o = c.ctr(&[
         "task",
         "exec",
@@ -872,16 +889,42 @@ fn guest_kernel_panic_ends_the_pod_and_spares_the_other() {
     assert!(o.status.success(), "{}", text(&o));
     // panic=-1 on the guest's command line: the panic resets the guest, and the VMM exits.
     wait_until(
-        "the panicked guest's VMM to exit",
-        Duration::from_secs(30),
+        "the out-of-memory guest's VMM to exit",
+        Duration::from_secs(60),
         || !pid_alive(vmm),
     );
     let log = assert_pod_ended_cleanly(&c, &id, &socket);
-    // A clear error says why the VM ended: the guest's last console lines.
     assert!(
-        log.contains("Kernel panic"),
-        "containerd's log does not say the guest kernel panicked:\n{log}"
+        log.contains("guest out of memory") && log.contains("Kernel panic"),
+        "containerd's log does not say the guest ran out of memory:\n{log}"
     );
-    assert_answers(&c, &bystander, "after the other pod's guest panicked");
+    // One event for the sandbox, naming its VM and why; no TaskOOM (no container hit its limit).
+    let e = events.wait_for(SANDBOX_ERROR_TOPIC, Duration::from_secs(10), |e| {
+        sandbox_error(e).sandbox_id == id
+    });
+    assert_eq!(e.namespace, "default");
+    let err = sandbox_error(&e);
+    assert_eq!(err.reason, "guest-oom", "{err:?}");
+    assert_eq!(err.vm, myvm::shim::sandbox::vm_dir_name(&id));
+    assert!(err.message.contains("Out of memory"), "{err:?}");
+    assert_eq!(err.container_ids, vec![id.clone()]);
+    assert!(err.at_unix_nanos > 0);
+    assert!(
+        !events
+            .on("/tasks/oom")
+            .iter()
+            .any(|e| format!("{e:?}").contains(&id)),
+        "a whole-VM OOM was reported as a container's TaskOOM"
+    );
+    assert_eq!(
+        events.on(SANDBOX_ERROR_TOPIC).len(),
+        1,
+        "only the failed VM is reported"
+    );
+    assert_answers(
+        &c,
+        &bystander,
+        "after the other pod's guest ran out of memory",
+    );
     remove_pod(&c, &bystander);
 }

@@ -1,11 +1,21 @@
 //! The myvm agent API, generated at build time from `protos/agent.proto`
-//! (rust-protobuf 3 messages + ttrpc client/server stubs).
+//! (rust-protobuf 3 messages + ttrpc client/server stubs), and the shim's own containerd events
+//! (`protos/events.proto`).
 
 /// Protobuf messages.
 #[allow(warnings, clippy::all, clippy::pedantic)]
 pub mod agent {
     include!(concat!(env!("OUT_DIR"), "/agent.rs"));
 }
+
+/// Events the shim publishes to containerd (see `protos/events.proto`).
+#[allow(warnings, clippy::all, clippy::pedantic)]
+pub mod events {
+    include!(concat!(env!("OUT_DIR"), "/events.rs"));
+}
+
+/// containerd topic of [`events::SandboxError`].
+pub const SANDBOX_ERROR_TOPIC: &str = "/myvm/sandbox/error";
 
 /// ttrpc client and server stubs for the `Agent` service.
 #[allow(warnings, clippy::all, clippy::pedantic)]

@@ -275,10 +275,11 @@ impl Sandbox {
 
     /// Why the VM ended, from the end of its serial console: a guest kernel panic or the guest
     /// out of memory as a whole (as opposed to one container's OOM kill, reported as TaskOOM).
-    pub fn death_reason(&self) -> String {
+    pub fn death_reason(&self) -> DeathReason {
         classify_death(
             &crate::process::tail(&self.serial_log, 60),
             self.vm_running(),
+            self.host.cgroup.as_ref().map_or(0, |c| c.oom_kills()),
         )
     }
 
@@ -303,17 +304,51 @@ impl Sandbox {
     }
 }
 
-/// Names why a VM ended from the end of its serial console and whether the VMM still runs.
-pub fn classify_death(serial_tail: &str, vmm_running: bool) -> String {
+/// Why a sandbox's VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeathReason {
+    /// Short and stable: the `reason` of the SandboxError event (see events.proto).
+    pub kind: &'static str,
+    /// What happened, with the guest console line that says so where there is one.
+    pub message: String,
+}
+
+impl std::fmt::Display for DeathReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Names why a VM ended from the end of its serial console, whether the VMM still runs, and how
+/// many of its host processes its host cgroup's OOM killer took.
+pub fn classify_death(serial_tail: &str, vmm_running: bool, host_oom_kills: u64) -> DeathReason {
     let find = |needle: &str| serial_tail.lines().rev().find(|l| l.contains(needle));
-    if let Some(l) = find("Kernel panic") {
-        format!("guest kernel panic ({})", l.trim())
-    } else if let Some(l) = find("Out of memory").or_else(|| find("oom-kill")) {
-        format!("guest out of memory ({})", l.trim())
-    } else if vmm_running {
-        "the agent stopped answering".into()
-    } else {
-        "the VMM exited".into()
+    let reason = |kind, message| DeathReason { kind, message };
+    // The guest kernel's own words: "Out of memory: Killed process …" (its global OOM killer),
+    // or a panic, which names OOM when panic_on_oom or nothing left to kill caused it. A
+    // container's OOM under its own limit says "Memory cgroup out of memory" and is no VM death.
+    let oom = find("Out of memory");
+    match find("Kernel panic") {
+        Some(l) if l.contains("Out of memory") => {
+            reason("guest-oom", format!("guest out of memory ({})", l.trim()))
+        }
+        Some(l) => reason(
+            "guest-kernel-panic",
+            format!("guest kernel panic ({})", l.trim()),
+        ),
+        None if host_oom_kills > 0 => reason(
+            "host-oom",
+            format!(
+                "the VM's host processes ran out of their host cgroup's memory \
+                 (guest RAM + {HOST_OVERHEAD_MIB} MiB): {host_oom_kills} killed"
+            ),
+        ),
+        None if oom.is_some() => reason(
+            "guest-oom",
+            format!("guest out of memory ({})", oom.unwrap_or_default().trim()),
+        ),
+        None if vmm_running => reason("agent-unresponsive", "the agent stopped answering".into()),
+        None => reason("vmm-exited", "the VMM exited".into()),
     }
 }
 
@@ -349,13 +384,33 @@ mod tests {
 
     #[test]
     fn vm_deaths_are_named() {
+        let kind = |tail: &str, running: bool, host_ooms: u64| {
+            classify_death(tail, running, host_ooms).kind
+        };
         let panic =
             "[    1.2] foo\n[    2.0] Kernel panic - not syncing: Attempted to kill init!\n";
-        assert!(classify_death(panic, false).starts_with("guest kernel panic (["));
+        let r = classify_death(panic, false, 0);
+        assert_eq!(r.kind, "guest-kernel-panic");
+        assert!(r.message.starts_with("guest kernel panic (["), "{r}");
+        // A panic caused by OOM is an OOM of the guest as a whole.
+        let oom_panic = "[ 3.1] Kernel panic - not syncing: Out of memory: compulsory panic_on_oom is enabled\n";
+        assert_eq!(kind(oom_panic, false, 0), "guest-oom");
+        // The guest's global OOM killer, then the VM gone.
         let oom = "[ 9.1] Out of memory: Killed process 42 (hog)\n";
-        assert!(classify_death(oom, false).starts_with("guest out of memory"));
-        assert_eq!(classify_death("", true), "the agent stopped answering");
-        assert_eq!(classify_death("boot ok\n", false), "the VMM exited");
+        let r = classify_death(oom, false, 0);
+        assert_eq!(r.kind, "guest-oom");
+        assert!(r.message.starts_with("guest out of memory"), "{r}");
+        // A container's OOM under its own limit is not the VM's death.
+        let memcg = "[ 5.0] Memory cgroup out of memory: Killed process 7 (hog)\n";
+        assert_eq!(kind(memcg, false, 0), "vmm-exited");
+        assert_eq!(kind("", false, 2), "host-oom");
+        assert!(classify_death("", false, 2).message.contains("2 killed"));
+        assert_eq!(kind(panic, false, 2), "guest-kernel-panic");
+        assert_eq!(kind("", true, 0), "agent-unresponsive");
+        assert_eq!(
+            classify_death("boot ok\n", false, 0).message,
+            "the VMM exited"
+        );
     }
 
     #[test]

@@ -164,32 +164,51 @@ impl Inner {
                 );
                 sb.stop();
             }
-            // The VM is gone: every process still running is reported dead, with the reason.
+            // The VM is gone: every process still running is reported dead, with the reason,
+            // after one SandboxError event that names the VM and why it ended.
             tracing::error!(
                 sandbox = sb.id,
+                reason = reason.kind,
                 "the sandbox VM {} ended: {reason} ({e})",
                 sb.id
             );
             let ctrs: Vec<_> = self.containers.lock().unwrap().values().cloned().collect();
-            for c in ctrs {
+            let mut dead = Vec::new();
+            for c in &ctrs {
                 let mut procs = vec![c.init.clone()];
                 procs.extend(c.execs.lock().unwrap().values().cloned());
+                procs.retain(|p| p.exit().is_none());
+                if !procs.is_empty() {
+                    dead.push((c.clone(), procs));
+                }
+            }
+            self.publish(
+                myvm_protocol::SANDBOX_ERROR_TOPIC,
+                Box::new(myvm_protocol::events::SandboxError {
+                    sandbox_id: sb.id.clone(),
+                    vm: super::sandbox::vm_dir_name(&sb.id),
+                    reason: reason.kind.to_string(),
+                    message: reason.message.clone(),
+                    container_ids: dead.iter().map(|(c, _)| c.id.clone()).collect(),
+                    at_unix_nanos: now_ns(),
+                    ..Default::default()
+                }),
+            );
+            for (c, procs) in dead {
                 for p in procs {
-                    if p.exit().is_none() {
-                        tracing::error!(
-                            container = c.id,
-                            "sandbox VM {} ended ({reason}): process reported killed",
-                            sb.id
-                        );
-                        self.exited(
-                            &c,
-                            &p,
-                            Exit {
-                                status: 137,
-                                at_ns: now_ns(),
-                            },
-                        );
-                    }
+                    tracing::error!(
+                        container = c.id,
+                        "sandbox VM {} ended ({reason}): process reported killed",
+                        sb.id
+                    );
+                    self.exited(
+                        &c,
+                        &p,
+                        Exit {
+                            status: 137,
+                            at_ns: now_ns(),
+                        },
+                    );
                 }
             }
             return;
