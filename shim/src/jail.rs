@@ -186,9 +186,11 @@ fn cstr(p: &Path) -> io::Result<CString> {
 }
 
 impl Jail {
-    /// A jail on `root` (an existing empty directory) for a process that will run as `uid`,
-    /// holding the host's system directories read-only.
+    /// A jail on `root` (an empty directory, made if missing; the jail's tmpfs is mounted on it
+    /// in the jailed process's mount namespace only, so one serves every jail of a VM) for a
+    /// process that will run as `uid`, holding the host's system directories read-only.
     pub fn new(root: &Path, uid: u32) -> io::Result<Jail> {
+        std::fs::create_dir_all(root)?;
         let mut j = Jail {
             root: root.to_path_buf(),
             uid,
@@ -420,7 +422,9 @@ mod tests {
 
     #[test]
     fn bad_jail_paths_are_refused_before_spawning() {
-        let mut j = Jail::new(Path::new("/tmp/nowhere"), 1).unwrap();
+        let root = std::env::temp_dir().join(format!("myvm-jail-{}", std::process::id()));
+        let mut j = Jail::new(&root, 1).unwrap();
+        std::fs::remove_dir(&root).unwrap();
         let e = j.bind(Path::new("/nonexistent/kernel"), false).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/kernel"), "{e}");
         assert!(j.bind(Path::new("relative"), false).is_err());

@@ -106,9 +106,9 @@ pub fn unmount_propagating_dir(dir: &Path) {
 }
 
 /// Starts vhost-device-vsock for the VM in `dir`. It parses every vsock packet the guest sends,
-/// so it runs unprivileged: `uid` (the VM's own, see [`crate::jail::VmUids`]), no
-/// capabilities, no_new_privs, and a directory `dir/vsock` of its own for its sockets (the
-/// shim, as root, still reaches them).
+/// so it runs unprivileged and jailed ([`crate::jail`]): `uid` (the VM's own, see
+/// [`crate::jail::VmUids`]), no capabilities, no_new_privs, a mount namespace holding its
+/// binary and `dir/vsock`, the directory of its sockets (the shim, as root, still reaches them).
 pub fn start_vsock(
     binary: &Path,
     dir: &Path,
@@ -143,7 +143,17 @@ pub fn start_vsock(
         .arg("--uds-path")
         .arg(&uds);
     cmd.env("RUST_LOG", "warn");
-    crate::process::run_unprivileged(&mut cmd, uid);
+    // Jailed like the VMM: its binary, its socket directory, nothing else of the host.
+    let jail = (|| {
+        let mut jail = crate::jail::Jail::new(&dir.join("jail"), uid)?;
+        jail.bind(binary, false)?;
+        jail.bind(&own, true)?;
+        jail.enter(&mut cmd)
+    })();
+    jail.map_err(|source| DaemonError::Dir {
+        path: dir.join("jail"),
+        source,
+    })?;
     let mut process = Managed::spawn(
         "vhost-device-vsock",
         cmd,
@@ -176,6 +186,11 @@ pub fn start_virtiofsd(
             // Own mount (only the shared directory), pid and network namespaces.
             "--sandbox",
             "namespace",
+            // No file handles, so no CAP_DAC_READ_SEARCH: with it, open_by_handle_at reaches
+            // any inode of a shared filesystem (a volume's: the host's), outside the shared
+            // directory. One O_PATH fd per inode the guest holds instead.
+            "--inode-file-handles=never",
+            "--modcaps=-dac_read_search",
             "--announce-submounts",
             "--xattr",
         ])

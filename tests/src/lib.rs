@@ -156,12 +156,17 @@ pub fn status_field(pid: u32, field: &str) -> String {
 /// in a mount namespace of its own whose root holds the host's /usr but not its homes, its
 /// users or containerd's state, and device nodes only for null, zero, urandom (and kvm).
 pub fn assert_jailed(pid: u32) {
+    assert_jailed_as(pid, myvm::jail::VMM_UID_BASE)
+}
+
+/// [`assert_jailed`] for a process of the uid range starting at `uid_base`.
+pub fn assert_jailed_as(pid: u32, uid_base: u32) {
     let uid: u32 = status_field(pid, "Uid:")
         .split_whitespace()
         .next()
         .and_then(|u| u.parse().ok())
         .unwrap_or(0);
-    assert_eq!(uid >> 16, myvm::jail::VMM_UID_BASE >> 16, "VMM uid {uid}");
+    assert_eq!(uid >> 16, uid_base >> 16, "uid {uid} of {pid}");
     assert_eq!(status_field(pid, "Groups:"), "");
     assert_eq!(status_field(pid, "CapEff:"), "0000000000000000");
     assert_eq!(status_field(pid, "CapPrm:"), "0000000000000000");

@@ -80,6 +80,7 @@ fn cri_pod_runs_its_containers_in_one_vm() {
     assert_ne!(field("Uid:"), "0", "vhost-device-vsock runs as root");
     assert_eq!(field("CapEff:"), "0000000000000000", "{status}");
     assert_eq!(field("NoNewPrivs:"), "1");
+    myvm_tests::assert_jailed_as(vsockd[0], myvm::jail::VSOCK_UID_BASE);
     myvm_tests::assert_jailed(vm);
     // The pod's files are root's alone: rootfs, volumes (secrets), sockets, logs. The VM
     // directory lets the vsock daemon's own group through (0710), nobody else.
@@ -292,6 +293,34 @@ fn cri_pods_get_their_network_and_volumes() {
             "virtiofsd in the host's {ns} namespace"
         );
     }
+    // Only the capabilities file serving needs: no DAC_READ_SEARCH (open_by_handle_at), no
+    // SYS_ADMIN; none to regain (empty bounding set), no_new_privs, seccomp.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", fsd[0])).unwrap();
+    let caps = |k: &str| {
+        let hex = status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .unwrap()
+            .trim();
+        u64::from_str_radix(hex, 16).unwrap()
+    };
+    for cap in [
+        2,  /* DAC_READ_SEARCH */
+        21, /* SYS_ADMIN */
+        12, /* NET_ADMIN */
+        19, /* SYS_PTRACE */
+    ] {
+        assert_eq!(
+            caps("CapEff:") & (1 << cap),
+            0,
+            "virtiofsd has capability {cap}"
+        );
+    }
+    assert_eq!(caps("CapBnd:"), 0);
+    assert!(
+        status.contains("NoNewPrivs:\t1") && status.contains("Seccomp:\t2"),
+        "{status}"
+    );
     let root = format!("/proc/{}/root", fsd[0]);
     assert!(
         !std::path::Path::new(&root).join("usr").exists(),

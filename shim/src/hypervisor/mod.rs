@@ -216,9 +216,7 @@ fn jail(
     kvm: bool,
 ) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let root = config.work_dir.join("jail");
-    std::fs::create_dir_all(&root)?;
-    let mut jail = crate::jail::Jail::new(&root, uid)?;
+    let mut jail = crate::jail::Jail::new(&config.work_dir.join("jail"), uid)?;
     jail.bind(Path::new(cmd.get_program()), false)?;
     jail.bind(&config.kernel, false)?;
     jail.bind(&config.initrd, false)?;
