@@ -95,7 +95,7 @@ pub struct NetConfig {
     /// Name of the tap interface.
     pub tap: String,
     /// An inherited `/dev/net/tun` fd already attached to the tap (a jailed VMM cannot attach).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fd: Option<i32>,
     /// MAC address of the guest interface (unicast).
     pub mac: MacAddr,
