@@ -199,12 +199,50 @@ fn enable_cgroup_controllers() {
     }
 }
 
+/// Stops every process but PID 1 and writes every dirty page back (virtio-fs included, so to
+/// the host): after this the VM holds nothing the host would lose by stopping it.
+pub fn quiesce() {
+    // Normally every container is gone by now (the host deletes them first) and nothing waits.
+    // Otherwise processes get up to 100 ms after SIGTERM. (kill(-1) itself cannot tell: it
+    // counts kernel threads, which ignore signals.)
+    if user_processes_left() {
+        let everyone = Pid::from_raw(-1);
+        let _ = kill(everyone, Signal::SIGTERM);
+        let deadline = std::time::Instant::now() + Duration::from_millis(100);
+        while user_processes_left() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = kill(everyone, Signal::SIGKILL);
+    }
+    sync();
+}
+
+/// True while a live process other than PID 1 runs (not a kernel thread, not a zombie).
+fn user_processes_left() -> bool {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return false;
+    };
+    dir.flatten().any(|e| {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            return false;
+        };
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command's closing parenthesis: state, ppid, pgrp, session, tty_nr,
+        // tpgid, flags, ...
+        let mut f = stat
+            .rsplit_once(')')
+            .map_or("", |(_, r)| r)
+            .split_whitespace();
+        let state = f.next().unwrap_or("Z");
+        let flags: u64 = f.nth(5).and_then(|v| v.parse().ok()).unwrap_or(PF_KTHREAD);
+        pid != 1 && state != "Z" && flags & PF_KTHREAD == 0
+    })
+}
+
 /// Stops every process, syncs and resets the guest. Both backends exit on guest reset.
 pub fn end_vm() -> ! {
-    let _ = kill(Pid::from_raw(-1), Signal::SIGTERM);
-    std::thread::sleep(Duration::from_millis(100));
-    let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
-    sync();
+    quiesce();
     // With `reboot=t` on the kernel command line this is a triple fault: QEMU runs with
     // -no-reboot and exits; the builtin VMM exits on the reset.
     let _ = reboot(RebootMode::RB_AUTOBOOT);

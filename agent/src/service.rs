@@ -117,7 +117,12 @@ impl agent_ttrpc::Agent for AgentService {
             uptime_s = self.started.elapsed().as_secs(),
             "Shutdown requested by the host"
         );
-        // Reply first; the main thread ends the VM a moment later.
+        // As PID 1 of the VM: nothing left running, everything written back, then the answer,
+        // on which the host may stop the VMM at once. The main thread also resets the guest a
+        // moment later (time for the reply to leave), for a host that waits for that.
+        if std::process::id() == 1 {
+            crate::init::quiesce();
+        }
         if let Some(tx) = self
             .shutdown
             .lock()
@@ -125,7 +130,7 @@ impl agent_ttrpc::Agent for AgentService {
             .take()
         {
             std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(50));
+                std::thread::sleep(Duration::from_millis(10));
                 let _ = tx.send(());
             });
         }

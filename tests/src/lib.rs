@@ -212,3 +212,9 @@ pub fn assert_jailed_as(pid: u32, uid_base: u32) {
         "{root_mount}"
     );
 }
+
+/// How a VMM ends after a successful Shutdown: the host stops it with SIGTERM once the agent
+/// has quiesced the guest, on which QEMU exits 0 and myvm-vmm 143.
+pub fn clean_vmm_exit(status: std::process::ExitStatus) -> bool {
+    status.success() || status.code() == Some(143)
+}

@@ -42,6 +42,9 @@ enum Command {
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
+        /// Extra guest kernel command line parameters.
+        #[arg(long, default_value = "")]
+        append: String,
     },
 }
 
@@ -70,7 +73,8 @@ fn run(cli: Cli) -> Result<()> {
             memory,
             timeout,
             json,
-        } => boot(&backend, vcpus, memory, timeout, json),
+            append,
+        } => boot(&backend, vcpus, memory, timeout, json, &append),
     }
 }
 
@@ -81,7 +85,14 @@ fn parse_backend(s: &str) -> Result<Option<BackendKind>> {
     Ok(Some(s.parse().map_err(anyhow::Error::msg)?))
 }
 
-fn boot(backend: &str, vcpus: u32, memory: u32, timeout: u64, json: bool) -> Result<()> {
+fn boot(
+    backend: &str,
+    vcpus: u32,
+    memory: u32,
+    timeout: u64,
+    json: bool,
+    append: &str,
+) -> Result<()> {
     let host = HostInfo::detect();
     let assets = Assets::discover()?;
     let opts = VmOptions {
@@ -89,6 +100,7 @@ fn boot(backend: &str, vcpus: u32, memory: u32, timeout: u64, json: bool) -> Res
         vcpus,
         memory_mib: memory,
         boot_timeout: Duration::from_secs(timeout),
+        extra_cmdline: append.to_string(),
         ..Default::default()
     };
     let vm = Vm::boot(&opts, &assets, &host).context("booting the VM")?;
