@@ -78,7 +78,7 @@ def shims(sock):
 
 
 STEPS = ["shim_started", "vmm_spawned", "kernel_started", "agent_started", "agent_ready",
-         "sandbox_created", "container_created", "container_started", "exit_reported"]
+         "sandbox_created", "rootfs_mounted", "container_created", "container_started", "exit_reported"]
 SEGMENTS = [  # (label, from, to); "ctr" is ctr's start or end
     ("containerd: ctr run -> shim serving", "ctr_start", "shim_started"),
     ("shim: vhost-user daemons + VMM spawn", "shim_started", "vmm_spawned"),
@@ -86,13 +86,14 @@ SEGMENTS = [  # (label, from, to); "ctr" is ctr's start or end
     ("guest kernel boot -> agent start", "kernel_started", "agent_started"),
     ("agent init -> READY", "agent_started", "agent_ready"),
     ("shim+agent: Check + CreateSandbox", "agent_ready", "sandbox_created"),
-    ("shim+agent: rootfs + CreateContainer", "sandbox_created", "container_created"),
+    ("shim: rootfs + volumes mounted", "sandbox_created", "rootfs_mounted"),
+    ("shim+agent: CreateContainer", "rootfs_mounted", "container_created"),
     ("shim+agent: StartContainer", "container_created", "container_started"),
     ("container runs `true`, exit reported", "container_started", "exit_reported"),
     ("delete + VM shutdown -> ctr returns", "exit_reported", "ctr_end"),
 ]
 OUTSIDE_BOOT = ["shim: vhost-user daemons + VMM spawn", "agent init -> READY", "shim+agent: Check + CreateSandbox",
-                "shim+agent: rootfs + CreateContainer", "shim+agent: StartContainer"]
+                "shim: rootfs + volumes mounted", "shim+agent: CreateContainer", "shim+agent: StartContainer"]
 
 
 def breakdown(log, spans):

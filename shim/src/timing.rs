@@ -11,7 +11,8 @@
 //! | `agent_started` | the agent (PID 1) starts |
 //! | `agent_ready` | the agent announced itself on the READY vsock port |
 //! | `sandbox_created` | `CreateSandbox` returned (shares mounted, network configured) |
-//! | `container_created` | the rootfs is mounted and `CreateContainer` returned |
+//! | `rootfs_mounted` | the container's rootfs and volumes are mounted in the shared directory |
+//! | `container_created` | `CreateContainer` returned |
 //! | `container_started` | `StartContainer` returned |
 //! | `exit_reported` | the container's exit was published to containerd |
 

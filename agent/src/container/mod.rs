@@ -153,6 +153,7 @@ impl Manager {
         req: StdioRequest,
     ) -> Result<Pid> {
         check_id("container", id)?;
+        let t0 = std::time::Instant::now();
         if self.lock().contains_key(id) {
             return Err(ContainerError::Exists(id.to_string()));
         }
@@ -196,6 +197,7 @@ impl Manager {
             .map_err(cleanup_bundle)?;
 
         let _serial = self.create_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let prepared_ms = t0.elapsed().as_millis() as u64;
         let (builder, io_setup) = builder(id, req, &bundle).map_err(cleanup_bundle)?;
         let built = builder
             .as_init(&bundle)
@@ -251,7 +253,13 @@ impl Manager {
                 started: false,
             },
         );
-        tracing::info!(container = id, %pid, "created");
+        tracing::info!(
+            container = id,
+            %pid,
+            prepared_ms,
+            total_ms = t0.elapsed().as_millis() as u64,
+            "created"
+        );
         Ok(pid)
     }
 

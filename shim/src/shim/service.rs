@@ -404,6 +404,7 @@ impl Task for Service {
             self.cleanup_empty_sandbox();
             return Err(status(Code::INVALID_ARGUMENT, format!("myvm: {e}")));
         }
+        timing::mark_now(&req.id, "rootfs_mounted");
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
