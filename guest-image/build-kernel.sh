@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the myvm guest kernel (PVH-bootable vmlinux) from Debian's linux-source-6.1 with
-# tinyconfig + kernel.fragment. The result is cached machine-wide, keyed by a hash of its inputs
-# (kernel source package version, fragment, this script), so a rebuild only happens when one changes.
+# tinyconfig + kernel.fragment, with the patches in patches/ applied. The result is cached
+# machine-wide, keyed by a hash of its inputs (kernel source package version, fragment, patches,
+# this script), so a rebuild only happens when one changes.
 #
 # Usage: build-kernel.sh            -> prints the path of the cached kernel directory
 # Env:   MYVM_CACHE (default /var/cache/myvm), MYVM_JOBS (default nproc)
@@ -14,7 +15,7 @@ tarball=/usr/src/linux-source-6.1.tar.xz
 
 [ -f "$tarball" ] || { echo "build-kernel: $tarball missing (apt-get install linux-source-6.1)" >&2; exit 1; }
 srcver=$(dpkg-query -W -f='${Version}' linux-source-6.1)
-key=$( { echo "$srcver"; cat "$here/kernel.fragment" "$here/build-kernel.sh"; } | sha256sum | cut -c1-16)
+key=$( { echo "$srcver"; cat "$here/kernel.fragment" "$here/build-kernel.sh" "$here"/patches/*.patch; } | sha256sum | cut -c1-16)
 out="$cache/kernel-$key"
 
 if [ -f "$out/vmlinux" ] && [ -f "$out/release" ]; then
@@ -30,6 +31,9 @@ echo "build-kernel: building linux $srcver (key $key) in $work, this takes 10-15
 tar -C "$work" -xf "$tarball"
 src="$work/linux-source-6.1"
 cd "$src"
+for p in "$here"/patches/*.patch; do
+    patch -p1 --forward --quiet < "$p" >&2 || { echo "build-kernel: $p does not apply" >&2; exit 1; }
+done
 make -s ARCH=x86_64 tinyconfig >&2
 ./scripts/kconfig/merge_config.sh -m .config "$here/kernel.fragment" >&2
 make -s ARCH=x86_64 olddefconfig >&2
