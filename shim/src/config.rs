@@ -8,6 +8,7 @@
 //! memory_mib = 256
 //! boot_timeout_s = 60
 //! log_level = "info"
+//! kernel_params = ""     # appended to the guest kernel's command line
 //! ```
 //! Every key is optional. containerd's runtime option `ConfigPath` names another file.
 
@@ -29,6 +30,9 @@ pub struct Config {
     pub memory_mib: u32,
     pub boot_timeout_s: u64,
     pub log_level: String,
+    /// Extra guest kernel command line parameters (`key=value` pairs the kernel does not know
+    /// become the agent's environment, e.g. `MYVM_AGENT_LOG=debug`).
+    pub kernel_params: String,
 }
 
 impl Default for Config {
@@ -41,6 +45,7 @@ impl Default for Config {
             memory_mib: 256,
             boot_timeout_s: 60,
             log_level: "info".into(),
+            kernel_params: String::new(),
         }
     }
 }
@@ -105,11 +110,26 @@ impl Config {
             path: path.into(),
             source,
         })?;
-        c.backend().map_err(|msg| ConfigError::Invalid {
-            path: path.into(),
-            msg,
-        })?;
+        c.backend()
+            .and_then(|_| c.check_kernel_params())
+            .map_err(|msg| ConfigError::Invalid {
+                path: path.into(),
+                msg,
+            })?;
         Ok(c)
+    }
+
+    /// The guest command line is at most 2048 bytes (x86); myvm's own part takes about 200.
+    fn check_kernel_params(&self) -> Result<(), String> {
+        const MAX: usize = 1024;
+        let p = &self.kernel_params;
+        if p.len() > MAX {
+            return Err(format!("kernel_params is {} bytes, at most {MAX}", p.len()));
+        }
+        if p.chars().any(|c| c.is_control()) {
+            return Err("kernel_params has a control character (newline?)".into());
+        }
+        Ok(())
     }
 
     /// `None` = auto.
@@ -164,6 +184,17 @@ mod tests {
             Config::load(Path::new("/nonexistent/x.toml")),
             Err(ConfigError::Read { .. })
         ));
+        let c = load_str("kernel_params = \"MYVM_AGENT_LOG=debug quiet\"\n").unwrap();
+        assert_eq!(c.kernel_params, "MYVM_AGENT_LOG=debug quiet");
+        assert!(load_str("kernel_params = \"a\\nb\"\n")
+            .unwrap_err()
+            .to_string()
+            .contains("control character"));
+        let long = format!("kernel_params = \"{}\"\n", "x".repeat(1025));
+        assert!(load_str(&long)
+            .unwrap_err()
+            .to_string()
+            .contains("at most 1024"));
     }
 
     #[test]

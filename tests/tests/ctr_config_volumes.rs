@@ -90,7 +90,11 @@ fn runtime_option_config_path_is_honoured_and_checked() {
     let c = Containerd::start();
     let dir = TempDir::new("myvm-cfg");
     let cfg = dir.path().join("small.toml");
-    std::fs::write(&cfg, "memory_mib = 160\nvcpus = 2\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "memory_mib = 160\nvcpus = 2\nkernel_params = \"myvm.test=42\"\n",
+    )
+    .unwrap();
     let o = c.ctr(&[
         "run",
         "--rm",
@@ -102,7 +106,7 @@ fn runtime_option_config_path_is_honoured_and_checked() {
         "small",
         "sh",
         "-c",
-        "grep MemTotal /proc/meminfo; nproc",
+        "grep MemTotal /proc/meminfo; nproc; cat /proc/cmdline",
     ]);
     let (code, stdout, stderr) = out(&o);
     assert_eq!(code, Some(0), "stderr: {stderr}");
@@ -117,6 +121,12 @@ fn runtime_option_config_path_is_honoured_and_checked() {
         "MemTotal {kib} kB"
     );
     assert_eq!(stdout.lines().nth(1), Some("2"), "{stdout}");
+    // kernel_params reach the guest kernel's command line, after myvm's own.
+    let cmdline = stdout.lines().nth(2).unwrap_or_default();
+    assert!(
+        cmdline.starts_with("console=ttyS0") && cmdline.contains(" myvm.test=42"),
+        "{cmdline}"
+    );
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "backend = \"warp-drive\"\n").unwrap();

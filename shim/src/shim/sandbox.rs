@@ -180,6 +180,7 @@ impl Sandbox {
             run_root: sandboxes_root(ns),
             id: Some(vm_dir_name(id)),
             boot_timeout: Duration::from_secs(config.boot_timeout_s),
+            extra_cmdline: config.kernel_params.clone(),
             net: network.map(PodNetwork::devices).unwrap_or_default(),
             netns: network.map(|n| n.netns.clone()),
             host_cgroup: host.cgroup.clone(),
