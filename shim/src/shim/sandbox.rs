@@ -184,7 +184,6 @@ impl Sandbox {
             net: network.map(PodNetwork::devices).unwrap_or_default(),
             netns: network.map(|n| n.netns.clone()),
             host_cgroup: host.cgroup.clone(),
-            ..Default::default()
         };
         let vm = match Vm::boot(&opts, &assets, &HostInfo::detect()) {
             Ok(vm) => vm,
