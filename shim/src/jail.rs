@@ -22,7 +22,7 @@ use std::{
     io,
     os::{
         fd::AsRawFd,
-        unix::{ffi::OsStrExt, fs::FileTypeExt, fs::MetadataExt, process::CommandExt},
+        unix::{fs::FileTypeExt, fs::MetadataExt, process::CommandExt},
     },
     path::{Path, PathBuf},
     process::Command,
@@ -104,6 +104,11 @@ impl VmUids {
 /// First fd number the VMM finds its taps at (the n-th tap is `TAP_FD_BASE + n`).
 pub const TAP_FD_BASE: i32 = 200;
 
+/// The fd the VMM finds its `n`-th tap at.
+pub fn tap_fd(n: usize) -> i32 {
+    TAP_FD_BASE + n as i32
+}
+
 /// Makes `cmd`'s process open each tap of `taps` (in the network namespace it runs in by then)
 /// and keep it as fd `TAP_FD_BASE + n` across exec: the VMM uses them without privileges.
 /// Register it after the netns join and before [`Jail::enter`].
@@ -137,7 +142,7 @@ pub fn attach_taps(cmd: &mut Command, taps: &[String]) -> io::Result<()> {
                     return Err(io::Error::last_os_error());
                 }
                 // dup2 leaves the new fd without FD_CLOEXEC: the VMM inherits it.
-                if libc::dup2(fd, TAP_FD_BASE + n as i32) < 0 {
+                if libc::dup2(fd, tap_fd(n)) < 0 {
                     return Err(io::Error::last_os_error());
                 }
                 libc::close(fd);
@@ -181,10 +186,6 @@ pub struct Jail {
     bound: Vec<PathBuf>,
 }
 
-fn cstr(p: &Path) -> io::Result<CString> {
-    CString::new(p.as_os_str().as_bytes()).map_err(|_| io::Error::other("NUL in a path"))
-}
-
 impl Jail {
     /// A jail on `root` (an empty directory, made if missing; the jail's tmpfs is mounted on it
     /// in the jailed process's mount namespace only, so one serves every jail of a VM) for a
@@ -206,8 +207,8 @@ impl Jail {
                 Ok(m) if m.file_type().is_symlink() => {
                     let target = std::fs::read_link(path)?;
                     j.steps.push(Step::Link {
-                        target: cstr(&target)?,
-                        link: cstr(&j.inside(path))?,
+                        target: crate::c_path(&target)?,
+                        link: crate::c_path(&j.inside(path))?,
                     });
                 }
                 Ok(m) if m.is_dir() => j.bind(path, false)?,
@@ -235,7 +236,7 @@ impl Jail {
             if p == Path::new("/") || !self.made.insert(p.to_path_buf()) {
                 continue;
             }
-            self.steps.push(Step::Dir(cstr(&self.inside(p))?));
+            self.steps.push(Step::Dir(crate::c_path(&self.inside(p))?));
         }
         Ok(())
     }
@@ -265,12 +266,12 @@ impl Jail {
         if meta.is_dir() {
             self.bound.push(path.to_path_buf());
         }
-        let dst = cstr(&self.inside(path))?;
+        let dst = crate::c_path(&self.inside(path))?;
         if !meta.is_dir() {
             self.steps.push(Step::File(dst.clone()));
         }
         self.steps.push(Step::Bind {
-            src: cstr(path)?,
+            src: crate::c_path(path)?,
             dst,
             writable,
         });
@@ -290,7 +291,7 @@ impl Jail {
         }
         self.make_dirs(path, false)?;
         self.steps.push(Step::Device {
-            path: cstr(&self.inside(path))?,
+            path: crate::c_path(&self.inside(path))?,
             mode: libc::S_IFCHR | if owned { 0o600 } else { 0o666 },
             rdev: meta.rdev(),
             owned,
@@ -302,7 +303,7 @@ impl Jail {
     /// groups, no capabilities, no_new_privs). Register it after anything that needs the host's
     /// mount namespace or root (the netns join, [`attach_taps`]).
     pub fn enter(self, cmd: &mut Command) -> io::Result<()> {
-        let root = cstr(&self.root)?;
+        let root = crate::c_path(&self.root)?;
         let uid = self.uid;
         let steps = self.steps;
         // SAFETY: only system calls between fork and exec, on strings built above.

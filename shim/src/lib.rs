@@ -16,6 +16,13 @@ pub mod timing;
 pub mod vhost_user;
 pub mod vm;
 
+/// `path` as a C string for a system call (an error if it holds a NUL byte).
+pub(crate) fn c_path(path: &std::path::Path) -> std::io::Result<std::ffi::CString> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::other(format!("NUL in the path {}", path.display())))
+}
+
 /// FNV-1a (64 bit): a hash that is the same in every build and process, for names and ids that
 /// a later shim must derive again (VM directory names, the first uid slot a VM tries).
 pub fn stable_hash(bytes: &[u8]) -> u64 {

@@ -46,7 +46,7 @@ impl Builtin {
         // In-process virtio-net on the tap, attached for it as an inherited fd; mtu 0 = not
         // announced, as QEMU's host_mtu=0.
         for (i, net) in c.net.iter().enumerate() {
-            let fd = crate::jail::TAP_FD_BASE + i as i32;
+            let fd = crate::jail::tap_fd(i);
             let mut v = format!("tap={},mac={},fd={fd}", net.tap, net.mac);
             if net.mtu != 0 {
                 v.push_str(&format!(",mtu={}", net.mtu));

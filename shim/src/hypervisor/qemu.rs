@@ -74,10 +74,7 @@ impl Qemu {
         for (i, net) in config.net.iter().enumerate() {
             push(&[
                 "-netdev",
-                &format!(
-                    "tap,id=net{i},fd={},vhost=off",
-                    crate::jail::TAP_FD_BASE + i as i32
-                ),
+                &format!("tap,id=net{i},fd={},vhost=off", crate::jail::tap_fd(i)),
             ]);
             push(&[
                 "-device",

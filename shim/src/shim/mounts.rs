@@ -150,12 +150,7 @@ fn bind_into(source: &str, destination: &str, target: &Path, ro: bool) -> Result
 /// into virtiofsd's mount namespace at the bind would stay writable.
 fn bind_readonly(src: &Path, target: &Path) -> std::io::Result<()> {
     use std::os::fd::{FromRawFd, OwnedFd};
-    use std::os::unix::ffi::OsStrExt;
-    let cstr = |p: &Path| {
-        std::ffi::CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| std::io::Error::other("NUL in a path"))
-    };
-    let (src, target) = (cstr(src)?, cstr(target)?);
+    let (src, target) = (crate::c_path(src)?, crate::c_path(target)?);
     let check = |r: libc::c_long| {
         if r < 0 {
             Err(std::io::Error::last_os_error())

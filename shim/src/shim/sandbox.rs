@@ -324,31 +324,33 @@ impl std::fmt::Display for DeathReason {
 pub fn classify_death(serial_tail: &str, vmm_running: bool, host_oom_kills: u64) -> DeathReason {
     let find = |needle: &str| serial_tail.lines().rev().find(|l| l.contains(needle));
     let reason = |kind, message| DeathReason { kind, message };
-    // The guest kernel's own words: "Out of memory: Killed process …" (its global OOM killer),
-    // or a panic, which names OOM when panic_on_oom or nothing left to kill caused it. A
+    let guest_oom = |l: &str| reason("guest-oom", format!("guest out of memory ({})", l.trim()));
+    // The guest kernel's own words: a panic, which names OOM when panic_on_oom or nothing left
+    // to kill caused it, or "Out of memory: Killed process …" (its global OOM killer). A
     // container's OOM under its own limit says "Memory cgroup out of memory" and is no VM death.
-    let oom = find("Out of memory");
-    match find("Kernel panic") {
-        Some(l) if l.contains("Out of memory") => {
-            reason("guest-oom", format!("guest out of memory ({})", l.trim()))
+    if let Some(l) = find("Kernel panic") {
+        if l.contains("Out of memory") {
+            guest_oom(l)
+        } else {
+            reason(
+                "guest-kernel-panic",
+                format!("guest kernel panic ({})", l.trim()),
+            )
         }
-        Some(l) => reason(
-            "guest-kernel-panic",
-            format!("guest kernel panic ({})", l.trim()),
-        ),
-        None if host_oom_kills > 0 => reason(
+    } else if host_oom_kills > 0 {
+        reason(
             "host-oom",
             format!(
                 "the VM's host processes ran out of their host cgroup's memory \
                  (guest RAM + {HOST_OVERHEAD_MIB} MiB): {host_oom_kills} killed"
             ),
-        ),
-        None if oom.is_some() => reason(
-            "guest-oom",
-            format!("guest out of memory ({})", oom.unwrap_or_default().trim()),
-        ),
-        None if vmm_running => reason("agent-unresponsive", "the agent stopped answering".into()),
-        None => reason("vmm-exited", "the VMM exited".into()),
+        )
+    } else if let Some(l) = find("Out of memory") {
+        guest_oom(l)
+    } else if vmm_running {
+        reason("agent-unresponsive", "the agent stopped answering".into())
+    } else {
+        reason("vmm-exited", "the VMM exited".into())
     }
 }
 
