@@ -375,15 +375,7 @@ pub fn attach_all(
             .push(dev.watch().map_err(VhostUserError::Transport)?);
         let transport = MmioTransport::new(Box::new(dev), mem.clone(), irq)
             .map_err(VhostUserError::Transport)?;
-        for (q, kick) in transport.kicks().iter().enumerate() {
-            vm.register_mmio_ioevent(
-                kick,
-                slot.addr + super::virtio_mmio::reg::QUEUE_NOTIFY,
-                q as u32,
-            )?;
-        }
-        let t = Arc::new(std::sync::Mutex::new(transport));
-        mmio.insert(t.clone(), slot.addr, slot.size)?;
+        let t = super::virtio_mmio::map_on_bus::<VhostUserError>(transport, vm, slot, mmio)?;
         tracing::info!(
             device = name,
             socket = %socket.display(),

@@ -455,5 +455,25 @@ impl BusDevice for MmioTransport {
     }
 }
 
+/// Maps `transport` on the MMIO bus at `slot`, each queue's kick a KVM ioeventfd on its
+/// QueueNotify register (so notifications bypass the VMM). Returns the transport as the bus
+/// holds it.
+pub fn map_on_bus<E>(
+    transport: MmioTransport,
+    vm: &crate::vstate::vm::Vm,
+    slot: &crate::boot::layout::VirtioSlot,
+    mmio: &mut super::Bus,
+) -> Result<Arc<std::sync::Mutex<MmioTransport>>, E>
+where
+    E: From<crate::vstate::vm::VmError> + From<super::bus::BusError>,
+{
+    for (q, kick) in transport.kicks().iter().enumerate() {
+        vm.register_mmio_ioevent(kick, slot.addr + reg::QUEUE_NOTIFY, q as u32)?;
+    }
+    let t = Arc::new(std::sync::Mutex::new(transport));
+    mmio.insert(t.clone(), slot.addr, slot.size)?;
+    Ok(t)
+}
+
 #[cfg(test)]
 mod tests;

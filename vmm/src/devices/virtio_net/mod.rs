@@ -17,8 +17,6 @@ pub mod device;
 pub mod event_handler;
 pub mod tap;
 
-use std::sync::{Arc, Mutex};
-
 use event_manager::{EventManager, SubscriberOps};
 
 pub use device::NetDevice;
@@ -133,14 +131,7 @@ pub fn attach_all(
         })?;
         vm.register_irqfd(&irq.0, slot.irq)?;
         let (transport, handler) = new_device(net, tap, mem, irq)?;
-        for (q, kick) in transport.kicks().iter().enumerate() {
-            vm.register_mmio_ioevent(
-                kick,
-                slot.addr + super::virtio_mmio::reg::QUEUE_NOTIFY,
-                q as u32,
-            )?;
-        }
-        mmio.insert(Arc::new(Mutex::new(transport)), slot.addr, slot.size)?;
+        super::virtio_mmio::map_on_bus::<NetError>(transport, vm, slot, mmio)?;
         em.add_subscriber(handler);
         tracing::info!(
             device = "virtio-net",
