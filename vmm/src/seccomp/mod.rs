@@ -130,10 +130,37 @@ pub fn apply(prog: &BpfProgram) -> Result<(), SeccompError> {
     Ok(())
 }
 
+/// Runs the unit test `name` alone in a child process of this test binary, with `env` set: a
+/// seccomp filter stays on its thread (and may kill the process), so filtered code is tested
+/// away from the test runner.
+#[cfg(test)]
+pub(crate) fn run_test_in_child(name: &str, env: (&str, &std::ffi::OsStr)) -> std::process::Output {
+    std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--test-threads=1", "--nocapture"])
+        .env(env.0, env.1)
+        .output()
+        .unwrap()
+}
+
+/// The stdout of a child from [`run_test_in_child`], after checking that it passed (its status,
+/// signal, stdout and stderr otherwise).
+#[cfg(test)]
+pub(crate) fn child_passed(out: &std::process::Output) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "child {:?} (signal {:?})\n{stdout}\n{}",
+        out.status,
+        out.status.signal(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::process::Command;
 
     #[test]
     fn filters_compile_and_ioctl_numbers_match_kvm() {
@@ -175,16 +202,11 @@ mod tests {
     #[test]
     fn denied_syscall_kills_the_process() {
         use std::os::unix::process::ExitStatusExt;
-        let st = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "seccomp::tests::child_denied_syscall",
-                "--test-threads=1",
-            ])
-            .env("MYVM_SECCOMP_CHILD", "1")
-            .output()
-            .unwrap()
-            .status;
+        let st = run_test_in_child(
+            "seccomp::tests::child_denied_syscall",
+            ("MYVM_SECCOMP_CHILD", "1".as_ref()),
+        )
+        .status;
         assert_eq!(st.signal(), Some(libc::SIGSYS), "status {st:?}");
     }
 }

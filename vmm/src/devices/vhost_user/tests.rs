@@ -371,24 +371,12 @@ fn child_activation_under_vcpu_filter() {
 
 #[test]
 fn activation_and_reset_work_under_the_vcpu_seccomp_filter() {
-    use std::os::unix::process::ExitStatusExt;
     let d = start_vsock("seccomp");
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "devices::vhost_user::tests::child_activation_under_vcpu_filter",
-            "--test-threads=1",
-        ])
-        .env("MYVM_SECCOMP_VHOST_SOCK", d.dir.join("vhost.sock"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "child {:?} (signal {:?})\n{stdout}\n{}",
-        out.status,
-        out.status.signal(),
-        String::from_utf8_lossy(&out.stderr)
+    let sock = d.dir.join("vhost.sock");
+    let out = crate::seccomp::run_test_in_child(
+        "devices::vhost_user::tests::child_activation_under_vcpu_filter",
+        ("MYVM_SECCOMP_VHOST_SOCK", sock.as_os_str()),
     );
+    let stdout = crate::seccomp::child_passed(&out);
     assert!(stdout.contains("1 passed"), "{stdout}");
 }

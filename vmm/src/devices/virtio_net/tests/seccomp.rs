@@ -100,25 +100,11 @@ fn child_data_path_under_seccomp() {
 
 #[test]
 fn data_path_works_under_the_seccomp_filters() {
-    use std::os::unix::process::ExitStatusExt;
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "devices::virtio_net::tests::seccomp::child_data_path_under_seccomp",
-            "--test-threads=1",
-            "--nocapture",
-        ])
-        .env("MYVM_SECCOMP_NET_CHILD", "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "child {:?} (signal {:?})\n{stdout}\n{}",
-        out.status,
-        out.status.signal(),
-        String::from_utf8_lossy(&out.stderr)
+    let out = crate::seccomp::run_test_in_child(
+        "devices::virtio_net::tests::seccomp::child_data_path_under_seccomp",
+        ("MYVM_SECCOMP_NET_CHILD", "1".as_ref()),
     );
+    let stdout = crate::seccomp::child_passed(&out);
     assert!(
         stdout.contains("data path ran under the seccomp filters"),
         "{stdout}"
