@@ -38,11 +38,18 @@ make -s ARCH=x86_64 tinyconfig >&2
 ./scripts/kconfig/merge_config.sh -m .config "$here/kernel.fragment" >&2
 make -s ARCH=x86_64 olddefconfig >&2
 
-# Every option the fragment asks for must have survived olddefconfig (a missing dependency drops it).
+# Every option the fragment asks for must have survived olddefconfig (a missing dependency drops it),
+# and every option it turns off must still be off (a `select` elsewhere can turn it back on).
 missing=0
 while IFS= read -r line; do
-    case "$line" in CONFIG_*=*) ;; *) continue ;; esac
-    grep -qx -- "$line" .config || { echo "build-kernel: fragment wants $line, .config has: $(grep -- "^${line%%=*}=" .config || echo unset)" >&2; missing=1; }
+    case "$line" in
+    CONFIG_*=*)
+        grep -qx -- "$line" .config || { echo "build-kernel: fragment wants $line, .config has: $(grep -- "^${line%%=*}=" .config || echo unset)" >&2; missing=1; } ;;
+    "# CONFIG_"*" is not set")
+        # An option the fragment turns off must stay off (another option may select it).
+        opt=${line#\# }; opt=${opt%% *}
+        if grep -q -- "^$opt=" .config; then echo "build-kernel: fragment turns off $opt, .config has: $(grep -- "^$opt=" .config)" >&2; missing=1; fi ;;
+    esac
 done < "$here/kernel.fragment"
 [ "$missing" = 0 ] || exit 1
 
