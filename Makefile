@@ -28,7 +28,7 @@ build: deps
 test: image build
 	$(CARGO) test --release --locked -p myvm-agent
 	@scripts/leftovers.sh snapshot build/leftovers.before
-	$(ENV) $(CARGO) test --release --locked --workspace --exclude myvm-agent --no-fail-fast -- --test-threads=2; \
+	$(ENV) $(CARGO) test --release --locked --workspace --exclude myvm-agent --no-fail-fast -- --include-ignored --test-threads=2; \
 	  rc=$$?; scripts/leftovers.sh check build/leftovers.before || rc=1; exit $$rc
 
 ## demo: a private containerd runs a container in a microVM

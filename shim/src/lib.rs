@@ -11,6 +11,8 @@ pub mod hypervisor;
 pub mod jail;
 pub mod network;
 pub mod process;
+pub mod serial;
+pub mod setid_filter;
 pub mod shim;
 pub mod timing;
 pub mod vhost_user;

@@ -240,10 +240,8 @@ pub fn run_unprivileged(cmd: &mut Command, uid: u32) {
 
 /// The last `max_lines` lines of a (log) file, for error messages.
 pub fn tail(path: &Path, max_lines: usize) -> String {
-    let text = std::fs::read(path).unwrap_or_default();
-    let text = String::from_utf8_lossy(&text);
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(max_lines)..].join("\n")
+    // Bounded: a log can be as large as a guest made it.
+    crate::serial::tail(path, max_lines)
 }
 
 #[cfg(test)]

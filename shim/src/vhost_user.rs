@@ -61,12 +61,14 @@ pub struct FsDaemon {
 /// The shared directory made a mount point of its own with shared propagation. virtiofsd's
 /// namespace sandbox gives it a mount namespace of its own holding only that directory, copied
 /// when it starts; what the shim mounts below the directory later (container rootfs, volumes)
-/// reaches that copy only through propagation. Unmounted on drop.
+/// reaches that copy only through propagation. With `mounts_only`, the bind is read-only (and
+/// nosuid, nodev): the guest can then write only inside what is mounted below it. Unmounted on
+/// drop.
 #[derive(Debug)]
 struct PropagatingDir(PathBuf);
 
 impl PropagatingDir {
-    fn new(dir: &Path) -> Result<Self, DaemonError> {
+    fn new(dir: &Path, mounts_only: bool) -> Result<Self, DaemonError> {
         use nix::mount::{mount, MsFlags};
         let err = |source: nix::errno::Errno| DaemonError::Dir {
             path: dir.to_path_buf(),
@@ -81,6 +83,20 @@ impl PropagatingDir {
         )
         .map_err(err)?;
         let guard = PropagatingDir(dir.to_path_buf());
+        if mounts_only {
+            mount(
+                None::<&str>,
+                dir,
+                None::<&str>,
+                MsFlags::MS_BIND
+                    | MsFlags::MS_REMOUNT
+                    | MsFlags::MS_RDONLY
+                    | MsFlags::MS_NOSUID
+                    | MsFlags::MS_NODEV,
+                None::<&str>,
+            )
+            .map_err(err)?;
+        }
         mount(
             None::<&str>,
             dir,
@@ -172,7 +188,8 @@ pub fn start_virtiofsd(
     dir: &Path,
     tag: &str,
     shared_dir: &Path,
-    readonly: bool,
+    access: crate::vm::ShareAccess,
+    no_privileged_files: bool,
 ) -> Result<FsDaemon, DaemonError> {
     let vhost_socket = dir.join(format!("fs-{tag}.vhost.sock"));
     let mut cmd = Command::new(binary);
@@ -190,16 +207,31 @@ pub fn start_virtiofsd(
             // any inode of a shared filesystem (a volume's: the host's), outside the shared
             // directory. One O_PATH fd per inode the guest holds instead.
             "--inode-file-handles=never",
-            "--modcaps=-dac_read_search",
             "--announce-submounts",
             "--xattr",
         ])
         .args(["--log-level", "warn"]);
-    if readonly {
+    if access == crate::vm::ShareAccess::ReadOnly {
         cmd.arg("--readonly");
     }
+    if no_privileged_files {
+        // No device nodes, no file capabilities, and (the filter) no set-user/group-ID modes.
+        cmd.arg("--modcaps=-dac_read_search:-mknod:-setfcap");
+        let program = crate::setid_filter::program().map_err(|e| DaemonError::Dir {
+            path: shared_dir.to_path_buf(),
+            source: std::io::Error::other(format!("the set-id seccomp filter: {e}")),
+        })?;
+        use std::os::unix::process::CommandExt;
+        // SAFETY: applying a prebuilt filter makes system calls only.
+        unsafe {
+            cmd.pre_exec(move || crate::setid_filter::apply(&program));
+        }
+    } else {
+        cmd.arg("--modcaps=-dac_read_search");
+    }
     let log = dir.join(format!("virtiofsd-{tag}.log"));
-    let propagation = PropagatingDir::new(shared_dir)?;
+    let propagation =
+        PropagatingDir::new(shared_dir, access == crate::vm::ShareAccess::MountsOnly)?;
     let mut process = Managed::spawn("virtiofsd", cmd, Some(&log))?;
     wait_for_socket(&mut process, &vhost_socket)?;
     Ok(FsDaemon {

@@ -23,6 +23,7 @@ use crate::{
     hybrid_vsock,
     hypervisor::{self, BackendKind, FsDevice, Hypervisor, HypervisorError, NetDevice, VmConfig},
     process::tail,
+    serial::SerialLog,
     vhost_user::{self, DaemonError, FsDaemon, VsockDaemon},
 };
 
@@ -38,7 +39,23 @@ pub const RUN_ROOT: &str = "/run/myvm";
 pub struct SharedDir {
     pub tag: String,
     pub path: PathBuf,
-    pub readonly: bool,
+    pub access: ShareAccess,
+    /// The guest can create no set-user-ID or set-group-ID file, device node or file capability
+    /// through it: for directories the host's own users share (volumes), see
+    /// [`crate::setid_filter`].
+    pub no_privileged_files: bool,
+}
+
+/// What the guest may write in a shared directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShareAccess {
+    ReadWrite,
+    /// Nothing (virtiofsd `--readonly`).
+    ReadOnly,
+    /// Only inside what the host mounts below the directory later (read-write mounts): the
+    /// directory is served through a read-only bind of itself, so the guest cannot change the
+    /// host's mount points (see `shim::shared_tree`).
+    MountsOnly,
 }
 
 #[derive(Debug, Clone)]
@@ -112,6 +129,7 @@ pub struct Vm {
     dir: PathBuf,
     // Field order is drop order: the VMM goes first, then its daemons.
     hv: Box<dyn Hypervisor>,
+    _console: SerialLog,
     vsock: VsockDaemon,
     fs: Vec<FsDaemon>,
     agent: Option<AgentClient>,
@@ -151,10 +169,20 @@ impl Vm {
                 &dir,
                 &shared.tag,
                 &shared.path,
-                shared.readonly,
+                shared.access,
+                shared.no_privileged_files,
             )?);
         }
+        // The VMM writes the console into a FIFO; the host keeps a capped log of it.
         let serial_log = dir.join("serial.log");
+        let serial_pipe = dir.join("serial.pipe");
+        let console =
+            SerialLog::start(&serial_pipe, &serial_log, Some(uids.vmm())).map_err(|source| {
+                VmError::Dir {
+                    path: serial_pipe.clone(),
+                    source,
+                }
+            })?;
         let config = VmConfig {
             kernel: assets.kernel.clone(),
             initrd: assets.initrd.clone(),
@@ -163,7 +191,7 @@ impl Vm {
                 .to_string(),
             vcpus: opts.vcpus,
             memory_mib: opts.memory_mib,
-            serial_log: serial_log.clone(),
+            serial_log: serial_pipe,
             vsock_vhost_socket: vsock.vhost_socket.clone(),
             fs: fs
                 .iter()
@@ -181,6 +209,7 @@ impl Vm {
             id,
             dir,
             hv,
+            _console: console,
             vsock,
             fs,
             agent: None,
@@ -290,6 +319,11 @@ impl Vm {
     /// is a zombie, and its /proc entry stays until it is reaped).
     pub fn is_running(&mut self) -> bool {
         self.check_alive().is_ok()
+    }
+
+    /// The VMM's exit status, once it has exited.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.hv.try_wait().ok().flatten()
     }
 
     /// When the boot's steps happened.

@@ -12,7 +12,7 @@ use myvm::{
     assets::Assets,
     check::HostInfo,
     hypervisor::BackendKind,
-    vm::{SharedDir, Vm, VmOptions},
+    vm::{ShareAccess, SharedDir, Vm, VmOptions},
 };
 use myvm_protocol::agent::*;
 use serde_json::{json, Value};
@@ -58,7 +58,8 @@ impl TestVm {
             shared_dirs: vec![SharedDir {
                 tag: "myvmfs".into(),
                 path: shared.path().to_path_buf(),
-                readonly: false,
+                access: ShareAccess::ReadWrite,
+                no_privileged_files: false,
             }],
             boot_timeout: Duration::from_secs(60),
             ..Default::default()

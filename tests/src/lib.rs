@@ -100,6 +100,7 @@ pub mod containerd;
 pub mod cri;
 pub mod events;
 pub mod guest;
+pub mod pods;
 
 /// Creates a minimal busybox root filesystem in `dir` (static busybox + applet links, passwd,
 /// group), like a tiny image's unpacked rootfs.

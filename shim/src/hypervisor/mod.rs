@@ -220,10 +220,7 @@ fn jail(
     jail.bind(Path::new(cmd.get_program()), false)?;
     jail.bind(&config.kernel, false)?;
     jail.bind(&config.initrd, false)?;
-    // The serial log: the VMM's to write, the shim's to read.
-    std::fs::File::create(&config.serial_log)?;
-    std::os::unix::fs::chown(&config.serial_log, Some(uid), Some(uid))?;
-    std::fs::set_permissions(&config.serial_log, std::fs::Permissions::from_mode(0o600))?;
+    // The serial console: a FIFO the VMM writes (`crate::serial`, made for `uid`).
     jail.bind(&config.serial_log, true)?;
     // The daemons' sockets: connecting takes write permission, given through the socket's group.
     let sockets = std::iter::once(&config.vsock_vhost_socket)

@@ -9,6 +9,7 @@ pub mod mounts;
 pub mod rootfs;
 pub mod sandbox;
 mod service;
+pub mod shared_tree;
 pub mod state;
 
 use std::{

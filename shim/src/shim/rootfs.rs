@@ -1,24 +1,22 @@
 //! Container root filesystems on the host: containerd's mounts (an overlay from the snapshotter)
-//! are mounted under the sandbox's shared directory, which virtiofsd serves to the guest.
+//! are mounted under the sandbox's shared directory, which virtiofsd serves to the guest (through
+//! `shared_tree`, the one module that touches that directory).
 
 use std::path::{Path, PathBuf};
 
 use containerd_shim_protos::api::Mount;
-use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::mount::MsFlags;
+
+use super::shared_tree::{ContainerMounts, SharedTreeError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
-    #[error("mkdir {path}: {source}")]
-    Mkdir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("mount {kind} {source_path} on {target}: {errno}")]
+    #[error("mount {kind} {source_path}: {error}")]
     Mount {
         kind: String,
         source_path: String,
-        target: PathBuf,
-        errno: nix::Error,
+        #[source]
+        error: SharedTreeError,
     },
     #[error("the container has no rootfs: no mounts from containerd and no {0}")]
     Missing(PathBuf),
@@ -45,21 +43,22 @@ pub fn parse_options(options: &[String]) -> (MsFlags, String) {
     (flags, data.join(","))
 }
 
-/// Mounts the container's rootfs at `target` (created). With no mounts, binds `bundle/rootfs`.
-pub fn mount_rootfs(mounts: &[Mount], bundle: &Path, target: &Path) -> Result<(), RootfsError> {
-    std::fs::create_dir_all(target).map_err(|source| RootfsError::Mkdir {
-        path: target.into(),
-        source,
-    })?;
+/// Mounts the container's rootfs on its mount point in the shared directory. With no mounts
+/// from containerd, binds `bundle/rootfs`. Undone when `cm` drops.
+pub fn mount_rootfs(
+    cm: &mut ContainerMounts,
+    mounts: &[Mount],
+    bundle: &Path,
+) -> Result<(), RootfsError> {
     if mounts.is_empty() {
         let src = bundle.join("rootfs");
         if !src.is_dir() {
             return Err(RootfsError::Missing(src));
         }
         return do_mount(
+            cm,
             "bind",
             &src.display().to_string(),
-            target,
             MsFlags::MS_BIND | MsFlags::MS_REC,
             "",
         );
@@ -76,48 +75,26 @@ pub fn mount_rootfs(mounts: &[Mount], bundle: &Path, target: &Path) -> Result<()
         } else {
             flags
         };
-        do_mount(kind, &m.source, target, fstype_flags, &data)?;
+        do_mount(cm, kind, &m.source, fstype_flags, &data)?;
     }
     Ok(())
 }
 
 fn do_mount(
+    cm: &mut ContainerMounts,
     kind: &str,
     source: &str,
-    target: &Path,
     flags: MsFlags,
     data: &str,
 ) -> Result<(), RootfsError> {
     let fstype = if kind == "bind" { None } else { Some(kind) };
     let data = if data.is_empty() { None } else { Some(data) };
-    mount(Some(source), target, fstype, flags, data).map_err(|errno| RootfsError::Mount {
-        kind: kind.into(),
-        source_path: source.into(),
-        target: target.into(),
-        errno,
-    })
-}
-
-/// Unmounts everything at `target` (lazily if busy) and removes the now empty directory.
-pub fn unmount_rootfs(target: &Path) {
-    for _ in 0..8 {
-        match umount2(target, MntFlags::empty()) {
-            Ok(()) => continue,
-            Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => break,
-            Err(nix::errno::Errno::EBUSY) => {
-                let _ = umount2(target, MntFlags::MNT_DETACH);
-            }
-            Err(e) => {
-                tracing::warn!("umount {}: {e}", target.display());
-                break;
-            }
-        }
-    }
-    // Only empty directories: never delete through a mount that is still there.
-    let _ = std::fs::remove_dir(target);
-    if let Some(parent) = target.parent() {
-        let _ = std::fs::remove_dir(parent);
-    }
+    cm.mount_rootfs(source, fstype, flags, data)
+        .map_err(|error| RootfsError::Mount {
+            kind: kind.into(),
+            source_path: source.into(),
+            error,
+        })
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ use std::{
 
 use myvm_protocol::agent::{CreateSandboxRequest, GetEventsRequest, SharedMount};
 
+use super::shared_tree::{valid_id, ContainerMounts, SharedTree, SharedTreeError};
 use crate::{
     agent_client::AgentClient,
     assets::Assets,
@@ -16,13 +17,17 @@ use crate::{
     config::Config,
     host_cgroup::{HostCgroup, Limits},
     network::PodNetwork,
-    vm::{SharedDir, Vm, VmOptions, RUN_ROOT},
+    vm::{ShareAccess, SharedDir, Vm, VmOptions, RUN_ROOT},
 };
 
 /// Guest mount point of the sandbox's shared directory.
 pub const GUEST_SHARED: &str = "/run/myvm/shared";
 /// virtio-fs tag of the shared directory.
 pub const SHARED_TAG: &str = "myvmfs";
+/// Guest mount point and virtio-fs tag of the volumes' directory: served by a virtiofsd of its
+/// own, through which no set-user-ID file, device node or file capability can be made.
+pub const GUEST_VOLUMES: &str = "/run/myvm/volumes";
+pub const VOLUMES_TAG: &str = "myvmvol";
 
 /// Parent of the VM directories of containerd namespace `ns`.
 pub fn sandboxes_root(ns: &str) -> PathBuf {
@@ -50,9 +55,14 @@ pub fn host_cgroup_name(ns: &str, id: &str) -> String {
     format!("{ns}-{}", vm_dir_name(id))
 }
 
-/// Host directory shared with the guest of sandbox `id` in namespace `ns`.
+/// Host directory shared with the guest of sandbox `id` in namespace `ns` (rootfs).
 pub fn shared_dir(ns: &str, id: &str) -> PathBuf {
     Path::new(RUN_ROOT).join("shared").join(ns).join(id)
+}
+
+/// Host directory of sandbox `id`'s volumes.
+pub fn volumes_dir(ns: &str, id: &str) -> PathBuf {
+    Path::new(RUN_ROOT).join("volumes").join(ns).join(id)
 }
 
 pub struct Sandbox {
@@ -67,13 +77,14 @@ pub struct Sandbox {
 /// What a sandbox sets up on the host around its VM, released in one place: on any failure of
 /// `Sandbox::boot` and in `Sandbox::stop`.
 struct HostSide {
-    shared: PathBuf,
+    shared: SharedTree,
+    volumes: Option<SharedTree>,
     network: Option<PodNetwork>,
     cgroup: Option<Arc<HostCgroup>>,
 }
 
 impl HostSide {
-    /// Removes the taps and redirects, the host cgroup and the (by then empty) shared directory.
+    /// Removes the taps and redirects, the host cgroup and the shared directory.
     fn release(&self) {
         if let Some(n) = &self.network {
             n.teardown();
@@ -81,7 +92,10 @@ impl HostSide {
         if let Some(cg) = &self.cgroup {
             cg.remove();
         }
-        let _ = std::fs::remove_dir(&self.shared);
+        self.shared.remove();
+        if let Some(v) = &self.volumes {
+            v.remove();
+        }
     }
 }
 
@@ -136,12 +150,19 @@ impl Sandbox {
         // Whatever a dead shim of the same sandbox left behind goes first.
         cleanup_dead(ns, id, id);
         let mut host = HostSide {
-            shared: shared_dir(ns, id),
+            shared: SharedTree::create(&shared_dir(ns, id))?,
+            volumes: None,
             network: None,
             cgroup: None,
         };
-        // Root only: it holds the containers' root filesystems and volumes (secrets included).
-        crate::vm::create_private_dir(&host.shared)?;
+        match SharedTree::create(&volumes_dir(ns, id)) {
+            Ok(v) => host.volumes = Some(v),
+            Err(e) => {
+                host.release();
+                return Err(e).context("the volumes' directory");
+            }
+        }
+        let volumes_path = host.volumes.as_ref().map(|v| v.path().to_path_buf());
         let (memory_mib, vcpus) = sizing(config, annotations);
         // The pod's network (CRI: the netns CNI configured); none for a plain container.
         if let Some(path) = netns {
@@ -172,11 +193,21 @@ impl Sandbox {
             backend,
             vcpus,
             memory_mib,
-            shared_dirs: vec![SharedDir {
-                tag: SHARED_TAG.into(),
-                path: host.shared.clone(),
-                readonly: false,
-            }],
+            // The guest writes only inside the rootfs and volumes mounted below them.
+            shared_dirs: vec![
+                SharedDir {
+                    tag: SHARED_TAG.into(),
+                    path: host.shared.path().to_path_buf(),
+                    access: ShareAccess::MountsOnly,
+                    no_privileged_files: false,
+                },
+                SharedDir {
+                    tag: VOLUMES_TAG.into(),
+                    path: volumes_path.unwrap_or_default(),
+                    access: ShareAccess::MountsOnly,
+                    no_privileged_files: true,
+                },
+            ],
             run_root: sandboxes_root(ns),
             id: Some(vm_dir_name(id)),
             boot_timeout: Duration::from_secs(config.boot_timeout_s),
@@ -196,11 +227,18 @@ impl Sandbox {
         let req = CreateSandboxRequest {
             sandbox_id: id.to_string(),
             hostname: hostname.to_string(),
-            mounts: vec![SharedMount {
-                tag: SHARED_TAG.into(),
-                mount_point: GUEST_SHARED.into(),
-                ..Default::default()
-            }],
+            mounts: vec![
+                SharedMount {
+                    tag: SHARED_TAG.into(),
+                    mount_point: GUEST_SHARED.into(),
+                    ..Default::default()
+                },
+                SharedMount {
+                    tag: VOLUMES_TAG.into(),
+                    mount_point: GUEST_VOLUMES.into(),
+                    ..Default::default()
+                },
+            ],
             interfaces: network
                 .map(PodNetwork::guest_interfaces)
                 .unwrap_or_default(),
@@ -241,13 +279,22 @@ impl Sandbox {
         })
     }
 
-    /// The container's directory in the shared directory, as the host sees it.
-    pub fn host_dir(&self, container_id: &str) -> PathBuf {
-        self.host.shared.join(container_id)
+    /// Makes the container's directories for its rootfs (in the shared directory) and its
+    /// volumes (in the volumes' directory); each undoes itself on drop.
+    pub fn add_container(
+        &self,
+        container_id: &str,
+    ) -> Result<(ContainerMounts, ContainerMounts), SharedTreeError> {
+        let volumes = self.host.volumes.as_ref().expect("made at boot");
+        Ok((
+            self.host.shared.add_container(container_id)?,
+            volumes.add_container(container_id)?,
+        ))
     }
 
-    pub fn host_rootfs(&self, container_id: &str) -> PathBuf {
-        self.host_dir(container_id).join("rootfs")
+    /// The container's volumes' directory, as the guest sees it.
+    pub fn guest_volumes_dir(container_id: &str) -> String {
+        format!("{GUEST_VOLUMES}/{container_id}")
     }
 
     /// The container's directory in the shared directory, as the guest sees it.
@@ -273,12 +320,24 @@ impl Sandbox {
             .map_err(|e| e.to_string())
     }
 
-    /// Why the VM ended, from the end of its serial console: a guest kernel panic or the guest
-    /// out of memory as a whole (as opposed to one container's OOM kill, reported as TaskOOM).
+    /// Why the VM ended: from what the guest cannot forge (the host cgroup's OOM kills, whether
+    /// the VMM runs, how it exited), with the guest's console as a hint for what the guest
+    /// itself ended with (a kernel panic, the guest out of memory as a whole, as opposed to one
+    /// container's OOM kill, reported as TaskOOM).
     pub fn death_reason(&self) -> DeathReason {
+        let vmm = match self.vm.lock().unwrap().as_mut() {
+            Some(vm) => {
+                if vm.is_running() {
+                    VmmState::Running
+                } else {
+                    VmmState::Exited(vm.exit_status())
+                }
+            }
+            None => VmmState::Exited(None),
+        };
         classify_death(
             &crate::process::tail(&self.serial_log, 60),
-            self.vm_running(),
+            vmm,
             self.host.cgroup.as_ref().map_or(0, |c| c.oom_kills()),
         )
     }
@@ -319,58 +378,98 @@ impl std::fmt::Display for DeathReason {
     }
 }
 
-/// Names why a VM ended from the end of its serial console, whether the VMM still runs, and how
-/// many of its host processes its host cgroup's OOM killer took.
-pub fn classify_death(serial_tail: &str, vmm_running: bool, host_oom_kills: u64) -> DeathReason {
-    let find = |needle: &str| serial_tail.lines().rev().find(|l| l.contains(needle));
+/// The VMM process, as the host saw it when the VM was found dead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmmState {
+    Running,
+    Exited(Option<std::process::ExitStatus>),
+}
+
+/// The text of a guest kernel log line after its printk time stamp (`[    1.234567] `): where
+/// the kernel's own markers stand. A process name or a container's output appears elsewhere.
+fn kernel_text(line: &str) -> Option<&str> {
+    let (stamp, text) = line
+        .trim_end_matches('\r')
+        .strip_prefix('[')?
+        .split_once("] ")?;
+    let (secs, frac) = stamp.trim_start().split_once('.')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(secs) && digits(frac)).then_some(text)
+}
+
+/// Names why a VM ended. What decides is what the guest cannot forge: the host cgroup's OOM
+/// kills, whether the VMM still runs, and whether it was killed by a signal (from the host) or
+/// exited by itself (the guest reset or powered off: `panic=-1`, `reboot=t`). Only then does the
+/// console say which: the kernel's panic or global OOM marker at the start of a kernel log line.
+/// Console text is a hint: guest root can write anything there.
+pub fn classify_death(serial_tail: &str, vmm: VmmState, host_oom_kills: u64) -> DeathReason {
+    use std::os::unix::process::ExitStatusExt;
     let reason = |kind, message| DeathReason { kind, message };
-    let guest_oom = |l: &str| reason("guest-oom", format!("guest out of memory ({})", l.trim()));
-    // The guest kernel's own words: a panic, which names OOM when panic_on_oom or nothing left
-    // to kill caused it, or "Out of memory: Killed process …" (its global OOM killer). A
-    // container's OOM under its own limit says "Memory cgroup out of memory" and is no VM death.
-    if let Some(l) = find("Kernel panic") {
-        if l.contains("Out of memory") {
-            guest_oom(l)
+    if host_oom_kills > 0 {
+        return reason(
+            "host-oom",
+            format!(
+                "the VM's host processes ran out of their host cgroup's memory \
+                 (guest RAM + {HOST_OVERHEAD_MIB} MiB): {host_oom_kills} killed"
+            ),
+        );
+    }
+    let status = match vmm {
+        VmmState::Running => {
+            return reason("agent-unresponsive", "the agent stopped answering".into())
+        }
+        VmmState::Exited(status) => status,
+    };
+    if let Some(sig) = status.and_then(|s| s.signal()) {
+        return reason("vmm-exited", format!("the VMM was killed (signal {sig})"));
+    }
+    let marker = |prefixes: &[&str]| {
+        serial_tail
+            .lines()
+            .rev()
+            .find(|l| kernel_text(l).is_some_and(|t| prefixes.iter().any(|p| t.starts_with(p))))
+    };
+    // A panic names OOM when panic_on_oom or nothing left to kill caused it; "Out of memory:
+    // Killed process …" is the global OOM killer. A container's OOM under its own limit says
+    // "Memory cgroup out of memory" and is no VM death.
+    let oom = [
+        "Out of memory: Killed process",
+        "Out of memory and no killable",
+    ];
+    if let Some(l) = marker(&["Kernel panic - not syncing: "]) {
+        let text = kernel_text(l).unwrap_or(l);
+        if text.contains("Out of memory") {
+            reason("guest-oom", format!("guest out of memory ({})", l.trim()))
         } else {
             reason(
                 "guest-kernel-panic",
                 format!("guest kernel panic ({})", l.trim()),
             )
         }
-    } else if host_oom_kills > 0 {
-        reason(
-            "host-oom",
-            format!(
-                "the VM's host processes ran out of their host cgroup's memory \
-                 (guest RAM + {HOST_OVERHEAD_MIB} MiB): {host_oom_kills} killed"
-            ),
-        )
-    } else if let Some(l) = find("Out of memory") {
-        guest_oom(l)
-    } else if vmm_running {
-        reason("agent-unresponsive", "the agent stopped answering".into())
+    } else if let Some(l) = marker(&oom) {
+        reason("guest-oom", format!("guest out of memory ({})", l.trim()))
     } else {
-        reason("vmm-exited", "the VMM exited".into())
+        let how = status.map_or("status unknown".to_string(), |s| s.to_string());
+        reason("vmm-exited", format!("the VMM exited ({how})"))
     }
 }
 
-/// Cleans up after a shim that died: unmounts rootfs left in the shared directory and removes
-/// the sandbox directories (its VM and daemons died with it through PR_SET_PDEATHSIG).
+/// Cleans up after a shim that died: what it mounted in the shared directory, the shared
+/// directory, and the sandbox directories (its VM and daemons died with it through
+/// PR_SET_PDEATHSIG).
 pub fn cleanup_dead(ns: &str, sandbox_id: &str, container_id: &str) {
-    let shared = shared_dir(ns, sandbox_id);
-    let unmount = |dir: &Path| {
-        super::mounts::unshare_mounts(dir);
-        super::rootfs::unmount_rootfs(&dir.join("rootfs"));
-    };
-    unmount(&shared.join(container_id));
+    if !valid_id(sandbox_id) || !valid_id(container_id) {
+        tracing::warn!(
+            sandbox_id,
+            container_id,
+            "not cleaning up after invalid ids"
+        );
+        return;
+    }
+    for dir in [shared_dir(ns, sandbox_id), volumes_dir(ns, sandbox_id)] {
+        super::shared_tree::cleanup_dead(&dir, sandbox_id, container_id);
+    }
     if sandbox_id == container_id {
-        if let Ok(entries) = std::fs::read_dir(&shared) {
-            for e in entries.flatten() {
-                unmount(&e.path());
-            }
-        }
-        crate::vhost_user::unmount_propagating_dir(&shared);
-        let _ = std::fs::remove_dir(&shared);
         HostCgroup::existing(&host_cgroup_name(ns, sandbox_id)).remove();
         let vmdir = sandboxes_root(ns).join(vm_dir_name(sandbox_id));
         if vmdir.exists() {
@@ -386,32 +485,54 @@ mod tests {
 
     #[test]
     fn vm_deaths_are_named() {
-        let kind = |tail: &str, running: bool, host_ooms: u64| {
-            classify_death(tail, running, host_ooms).kind
-        };
+        use std::os::unix::process::ExitStatusExt;
+        let exited = VmmState::Exited(Some(std::process::ExitStatus::from_raw(0)));
+        let killed = VmmState::Exited(Some(std::process::ExitStatus::from_raw(9)));
+        let kind =
+            |tail: &str, vmm: VmmState, host_ooms: u64| classify_death(tail, vmm, host_ooms).kind;
         let panic =
-            "[    1.2] foo\n[    2.0] Kernel panic - not syncing: Attempted to kill init!\n";
-        let r = classify_death(panic, false, 0);
+            "[    1.2] foo\n[    2.000000] Kernel panic - not syncing: Attempted to kill init!\r\n";
+        let r = classify_death(panic, exited, 0);
         assert_eq!(r.kind, "guest-kernel-panic");
         assert!(r.message.starts_with("guest kernel panic (["), "{r}");
         // A panic caused by OOM is an OOM of the guest as a whole.
         let oom_panic = "[ 3.1] Kernel panic - not syncing: Out of memory: compulsory panic_on_oom is enabled\n";
-        assert_eq!(kind(oom_panic, false, 0), "guest-oom");
+        assert_eq!(kind(oom_panic, exited, 0), "guest-oom");
         // The guest's global OOM killer, then the VM gone.
         let oom = "[ 9.1] Out of memory: Killed process 42 (hog)\n";
-        let r = classify_death(oom, false, 0);
+        let r = classify_death(oom, exited, 0);
         assert_eq!(r.kind, "guest-oom");
         assert!(r.message.starts_with("guest out of memory"), "{r}");
         // A container's OOM under its own limit is not the VM's death.
         let memcg = "[ 5.0] Memory cgroup out of memory: Killed process 7 (hog)\n";
-        assert_eq!(kind(memcg, false, 0), "vmm-exited");
-        assert_eq!(kind("", false, 2), "host-oom");
-        assert!(classify_death("", false, 2).message.contains("2 killed"));
-        assert_eq!(kind(panic, false, 2), "guest-kernel-panic");
-        assert_eq!(kind("", true, 0), "agent-unresponsive");
+        assert_eq!(kind(memcg, exited, 0), "vmm-exited");
+        assert_eq!(kind("", exited, 2), "host-oom");
+        assert!(classify_death("", exited, 2).message.contains("2 killed"));
+        assert_eq!(kind(panic, exited, 2), "host-oom");
+        assert_eq!(kind(panic, VmmState::Running, 0), "agent-unresponsive");
         assert_eq!(
-            classify_death("boot ok\n", false, 0).message,
-            "the VMM exited"
+            classify_death("boot ok\n", exited, 0).message,
+            "the VMM exited (exit status: 0)"
+        );
+        // What the guest writes cannot name a VM the host killed.
+        assert_eq!(kind(panic, killed, 0), "vmm-exited");
+        assert!(classify_death(panic, killed, 0)
+            .message
+            .contains("signal 9"));
+        // Forged markers, not where the kernel puts them: a process named "Kernel panic"
+        // OOM-killed, a container's output, a marker without a time stamp.
+        for forged in [
+            "[ 5.0] Memory cgroup out of memory: Killed process 7 (Kernel panic)\n",
+            "[ 5.0] Out of memory: Killed process 7 (Kernel panic - not syncing: x)\n",
+            "hello Kernel panic - not syncing: x\n",
+            "Kernel panic - not syncing: x\n",
+            "[abc] Kernel panic - not syncing: x\n",
+        ] {
+            assert_ne!(kind(forged, exited, 0), "guest-kernel-panic", "{forged}");
+        }
+        assert_eq!(
+            kind("Out of memory: Killed process 1 (x)\n", exited, 0),
+            "vmm-exited"
         );
     }
 

@@ -21,6 +21,7 @@ use super::{
     mounts, rootfs,
     sandbox::Sandbox,
     sandbox_id_of,
+    shared_tree::check_id,
     state::{now_ns, Ctr, Exit, Proc},
     Inner, Service, ANNOTATION_TYPE,
 };
@@ -126,7 +127,7 @@ impl Inner {
         self.config.clone().map_err(invalid)
     }
 
-    fn event_loop(&self, sb: &Sandbox) {
+    fn event_loop(self: &Arc<Self>, sb: &Sandbox) {
         // A guest whose agent stops answering (hung, or hostile) while its VMM runs is stopped
         // after this many failed long polls (about 13 s each): its tasks then end as killed.
         const MAX_FAILED_POLLS: u32 = 2;
@@ -201,9 +202,9 @@ impl Inner {
                         "sandbox VM {} ended ({reason}): process reported killed",
                         sb.id
                     );
-                    self.exited(
-                        &c,
-                        &p,
+                    self.report_exit(
+                        c.clone(),
+                        p,
                         Exit {
                             status: 137,
                             at_ns: now_ns(),
@@ -215,7 +216,7 @@ impl Inner {
         }
     }
 
-    fn on_event(&self, e: ag::Event) {
+    fn on_event(self: &Arc<Self>, e: ag::Event) {
         let Ok(c) = self.ctr(&e.container_id) else {
             return;
         };
@@ -230,15 +231,28 @@ impl Inner {
         } else if e.has_exited() {
             let x = e.exited();
             if let Some(p) = c.process(&e.exec_id) {
-                self.exited(
-                    &c,
-                    &p,
+                self.report_exit(
+                    c.clone(),
+                    p,
                     Exit {
                         status: x.exit_status as u32,
                         at_ns: x.exited_at_ns,
                     },
                 );
             }
+        }
+    }
+
+    /// Reports an exit on a thread of its own: waiting for one process's output to drain must
+    /// not hold up the event loop, nor another process's exit.
+    fn report_exit(self: &Arc<Self>, c: Arc<Ctr>, p: Arc<Proc>, exit: Exit) {
+        let me = self.clone();
+        let (c2, p2) = (c.clone(), p.clone());
+        let spawned = std::thread::Builder::new()
+            .name("exit".into())
+            .spawn(move || me.exited(&c2, &p2, exit));
+        if spawned.is_err() {
+            self.exited(&c, &p, exit);
         }
     }
 
@@ -314,10 +328,8 @@ impl Inner {
                 tracing::warn!(container = c.id, "RemoveContainer: {e}");
             }
         }
-        if let Some(dir) = c.rootfs.parent() {
-            mounts::unshare_mounts(dir);
-        }
-        rootfs::unmount_rootfs(&c.rootfs);
+        // Unmounts the rootfs and volumes and removes their mount points.
+        c.mounts.lock().unwrap().clear();
     }
 }
 
@@ -364,6 +376,7 @@ impl Task for Service {
                 format!("container {} already exists", req.id),
             ));
         }
+        check_id(&req.id).map_err(|e| status(Code::INVALID_ARGUMENT, format!("myvm: {e}")))?;
         let bundle = Path::new(&req.bundle);
         // Read and parsed once: everything below works on this value.
         let mut spec: serde_json::Value = std::fs::read(bundle.join("config.json"))
@@ -385,25 +398,30 @@ impl Task for Service {
             ));
         }
         let sid = sandbox_id_of(&req.id, &annotations);
+        check_id(&sid).map_err(|e| status(Code::INVALID_ARGUMENT, format!("myvm: sandbox {e}")))?;
         let sb = inner.ensure_sandbox(&sid, &spec, &annotations, &req.options)?;
 
-        let host_rootfs = sb.host_rootfs(&req.id);
-        // The spec's bind mounts are shared into the VM (see `mounts`).
-        if let Err(e) = mounts::share_bind_mounts(
-            &mut spec,
-            &sb.host_dir(&req.id),
-            &Sandbox::guest_dir(&req.id),
-        ) {
-            self.cleanup_empty_sandbox();
-            return Err(status(Code::INVALID_ARGUMENT, format!("myvm: {e}")));
-        }
+        // The container's rootfs and the spec's bind mounts go into the shared directory
+        // (`shared_tree`); dropping `cm` on any error below undoes them.
+        let prepared = (|| -> Result<_, String> {
+            let (mut root, mut volumes) = sb.add_container(&req.id).map_err(|e| e.to_string())?;
+            mounts::share_bind_mounts(
+                &mut spec,
+                &mut volumes,
+                &Sandbox::guest_volumes_dir(&req.id),
+            )
+            .map_err(|e| e.to_string())?;
+            rootfs::mount_rootfs(&mut root, &req.rootfs, bundle).map_err(|e| e.to_string())?;
+            Ok(vec![root, volumes])
+        })();
+        let cm = match prepared {
+            Ok(cm) => cm,
+            Err(e) => {
+                self.cleanup_empty_sandbox();
+                return Err(status(Code::INVALID_ARGUMENT, format!("myvm: {e}")));
+            }
+        };
         let spec = serde_json::to_vec(&spec).expect("a JSON value serializes");
-        if let Err(e) = rootfs::mount_rootfs(&req.rootfs, bundle, &host_rootfs) {
-            mounts::unshare_mounts(&sb.host_dir(&req.id));
-            rootfs::unmount_rootfs(&host_rootfs);
-            self.cleanup_empty_sandbox();
-            return Err(status(Code::INVALID_ARGUMENT, format!("myvm: {e}")));
-        }
         timing::mark_now(&req.id, "rootfs_mounted");
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
@@ -425,8 +443,7 @@ impl Task for Service {
         let pid = match created {
             Ok(r) => r.pid as u32,
             Err(e) => {
-                mounts::unshare_mounts(&sb.host_dir(&req.id));
-                rootfs::unmount_rootfs(&host_rootfs);
+                drop(cm);
                 self.cleanup_empty_sandbox();
                 return Err(e);
             }
@@ -437,7 +454,7 @@ impl Task for Service {
         let ctr = Arc::new(Ctr {
             id: req.id.clone(),
             bundle: req.bundle.clone(),
-            rootfs: host_rootfs,
+            mounts: std::sync::Mutex::new(cm),
             init: init.clone(),
             execs: Default::default(),
         });

@@ -2,7 +2,6 @@
 
 use std::{
     collections::HashMap,
-    path::PathBuf,
     sync::{Arc, Condvar, Mutex},
     time::Duration,
 };
@@ -106,8 +105,8 @@ impl Proc {
 pub struct Ctr {
     pub id: String,
     pub bundle: String,
-    /// Host mount point of the rootfs (inside the shared directory).
-    pub rootfs: PathBuf,
+    /// Its rootfs and volumes in the shared directory; taken (and so undone) at removal.
+    pub mounts: Mutex<Vec<super::shared_tree::ContainerMounts>>,
     pub init: Arc<Proc>,
     pub execs: Mutex<HashMap<String, Arc<Proc>>>,
 }
