@@ -11,6 +11,7 @@ pub mod hypervisor;
 pub mod jail;
 pub mod network;
 pub mod process;
+pub mod runtime_info;
 pub mod shim;
 pub mod timing;
 pub mod vhost_user;

@@ -4,6 +4,7 @@
 pub mod cgroup;
 pub mod error;
 pub mod events;
+pub mod exec_security;
 pub mod spec;
 pub mod stdio;
 
@@ -183,8 +184,11 @@ impl Manager {
                 rootfs,
                 terminal: req.terminal,
                 pid_ns: pid_ns.as_deref(),
+                pod_pids: &self.running_inits(),
             },
         )?;
+        let net_sysctls = spec::take_net_sysctls(&mut spec)?;
+        spec::apply_net_sysctls(Path::new("/proc/sys"), &net_sysctls)?;
         let bundle = Path::new(BUNDLE_ROOT).join(id);
         fs::create_dir_all(&bundle)
             .map_err(ContainerError::io(format!("mkdir {}", bundle.display())))?;
@@ -261,6 +265,15 @@ impl Manager {
             "created"
         );
         Ok(pid)
+    }
+
+    /// Guest pids of the containers whose init process still runs.
+    fn running_inits(&self) -> Vec<i32> {
+        self.lock()
+            .values()
+            .filter(|e| e.init.exit.get().is_none())
+            .map(|e| e.init.pid.as_raw())
+            .collect()
     }
 
     /// Watches `pid` for its exit: records it and queues an Exited (and maybe an OOM) event.
@@ -354,6 +367,14 @@ impl Manager {
         process.set_terminal(Some(req.terminal));
         process.set_apparmor_profile(None);
         process.set_selinux_label(None);
+        // The container's seccomp filter, which libcontainer's exec path leaves out.
+        let security = match Self::container_seccomp(&bundle)? {
+            Some(seccomp) => Some(exec_security::ExecSecurity::prepare(
+                &seccomp,
+                &mut process,
+            )?),
+            None => None,
+        };
         let process_file = bundle.join(format!("exec-{exec_id}.json"));
         fs::write(
             &process_file,
@@ -363,6 +384,10 @@ impl Manager {
 
         let _serial = self.create_lock.lock().unwrap_or_else(|e| e.into_inner());
         let result = builder(id, req, &bundle).and_then(|(builder, io_setup)| {
+            let builder = match security {
+                Some(x) => builder.with_executor(x),
+                None => builder,
+            };
             let pid = builder
                 .as_tenant()
                 .with_process(Some(&process_file))
@@ -381,6 +406,13 @@ impl Manager {
         }
         tracing::info!(container = id, exec = exec_id, %pid, "exec");
         Ok(pid)
+    }
+
+    /// The seccomp filter of the container whose bundle is `bundle` (its adapted spec).
+    fn container_seccomp(bundle: &Path) -> Result<Option<oci_spec::runtime::LinuxSeccomp>> {
+        let spec = oci_spec::runtime::Spec::load(bundle.join("config.json"))
+            .map_err(|e| ContainerError::Other(format!("reading the container's spec: {e}")))?;
+        Ok(spec.linux().as_ref().and_then(|l| l.seccomp().clone()))
     }
 
     pub fn process(&self, id: &str, exec_id: &str) -> Result<Arc<Process>> {
