@@ -234,7 +234,18 @@ impl Manager {
             *self.shared_pid_ns.lock().unwrap() =
                 Some(PathBuf::from(format!("/proc/{pid}/ns/pid")));
         }
-        let init = self.track(id, "", pid, io);
+        // Without a pid namespace of its own (the pod's, or the guest's), what the container
+        // started outlives its init: it is killed when the init exits, as runc's shim does.
+        let own_pid_ns = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref())
+            .is_some_and(|ns| {
+                ns.iter().any(|n| {
+                    n.typ() == oci_spec::runtime::LinuxNamespaceType::Pid && n.path().is_none()
+                })
+            });
+        let init = self.track(id, "", pid, io, !own_pid_ns);
         let cgroup = cgroup::dir(&spec::cgroup_path(id));
         let io_weight = spec
             .linux()
@@ -277,7 +288,15 @@ impl Manager {
     }
 
     /// Watches `pid` for its exit: records it and queues an Exited (and maybe an OOM) event.
-    fn track(&self, container_id: &str, exec_id: &str, pid: Pid, io: ProcessIo) -> Arc<Process> {
+    /// With `kill_all_on_exit`, what is left in the container's cgroup is killed on the exit.
+    fn track(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        pid: Pid,
+        io: ProcessIo,
+        kill_all_on_exit: bool,
+    ) -> Arc<Process> {
         let process = Arc::new(Process {
             pid,
             io,
@@ -294,6 +313,11 @@ impl Manager {
             .spawn(move || {
                 let Ok(ws) = rx.recv() else { return };
                 let (status, at) = (exit_status(ws), now_ns());
+                if kill_all_on_exit {
+                    for left in cgroup::pids(&cg).unwrap_or_default() {
+                        let _ = nix::sys::signal::kill(Pid::from_raw(left), Signal::SIGKILL);
+                    }
+                }
                 if eid.is_empty() && cgroup::oom_kills(&cg) > oom_before {
                     events.push(Event {
                         container_id: cid.clone(),
@@ -400,7 +424,7 @@ impl Manager {
         let _ = fs::remove_file(&process_file);
         let (pid, io) = result?;
         drop(_serial);
-        let process = self.track(id, exec_id, pid, io);
+        let process = self.track(id, exec_id, pid, io, false);
         if let Some(e) = self.lock().get_mut(id) {
             e.execs.insert(exec_id.to_string(), process);
         }
