@@ -70,15 +70,19 @@ impl ExecSecurity {
                 "the container's seccomp profile notifies a listener (SCMP_ACT_NOTIFY): an exec cannot get it in myvm".into(),
             ));
         }
-        let drop_to = if process.no_new_privileges() == Some(true) {
-            None
-        } else {
-            // libcontainer reads "no_new_privs: false" as "set it late", which needs the
+        if process.no_new_privileges() == Some(false) {
+            // libcontainer reads "no_new_privs: false" as "load seccomp late", which needs the
             // privilege we drop: absent is what false means.
             process.set_no_new_privileges(None);
-            let caps = process.capabilities().clone().unwrap_or_default();
-            process.set_capabilities(Some(widened(&caps)));
-            Some(caps)
+        }
+        // With no_new_privs, or no capabilities in the spec (libcontainer leaves the agent's
+        // then), the filter loads as the process is: nothing to widen or drop.
+        let drop_to = match process.capabilities().clone() {
+            Some(caps) if process.no_new_privileges() != Some(true) => {
+                process.set_capabilities(Some(widened(&caps)));
+                Some(caps)
+            }
+            _ => None,
         };
         Ok(ExecSecurity {
             seccomp: seccomp.clone(),
@@ -164,6 +168,14 @@ mod tests {
             serde_json::to_value(&p).unwrap(),
             serde_json::to_value(process(json)).unwrap()
         );
+    }
+
+    #[test]
+    fn without_capabilities_in_the_spec_nothing_is_widened() {
+        let seccomp: LinuxSeccomp = serde_json::from_str(SECCOMP).unwrap();
+        let mut p = process(r#"{"cwd":"/","user":{"uid":0,"gid":0},"args":["sh"]}"#);
+        let x = ExecSecurity::prepare(&seccomp, &mut p).unwrap();
+        assert!(x.drop_to.is_none() && p.capabilities().is_none());
     }
 
     #[test]
