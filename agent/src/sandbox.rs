@@ -18,10 +18,12 @@ use nix::{
 
 use crate::container::{stdio, Manager};
 
-/// Mounts a virtio-fs share.
+/// Mounts a virtio-fs share. Not `nosuid`: the containers' root filesystems and volumes are
+/// on it, and setuid programs in a container work as under runc (the spec's own mount options,
+/// `nosuid` included, still apply to each bind mount of a volume).
 pub fn mount_share(tag: &str, mount_point: &Path, readonly: bool) -> Result<()> {
     fs::create_dir_all(mount_point).with_context(|| format!("mkdir {}", mount_point.display()))?;
-    let mut flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    let mut flags = MsFlags::MS_NODEV;
     if readonly {
         flags |= MsFlags::MS_RDONLY;
     }

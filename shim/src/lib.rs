@@ -11,6 +11,7 @@ pub mod hypervisor;
 pub mod jail;
 pub mod network;
 pub mod process;
+pub mod runtime_info;
 pub mod serial;
 pub mod setid_filter;
 pub mod shim;

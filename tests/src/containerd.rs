@@ -52,16 +52,20 @@ impl Containerd {
             socket: dir.path().join("containerd.sock"),
             dir,
         };
-        for (name, cmd) in [
-            ("localhost/busybox:latest", r#"["sh"]"#),
+        // busybox also has /bin/euid, setuid root (`mkimage.py --setuid-probe`).
+        for (name, cmd, extra) in [
+            ("localhost/busybox:latest", r#"["sh"]"#, "--setuid-probe"),
             (
                 "localhost/pause:latest",
                 r#"["/bin/sh","-c","trap 'exit 0' TERM INT; sleep 2147483647 & wait"]"#,
+                "",
             ),
         ] {
             let tar = c.dir.path().join("image.tar");
             let ok = Command::new(workspace().join("scripts/mkimage.py"))
-                .args(["--name", name, "--cmd", cmd, "-o"])
+                .args(["--name", name, "--cmd", cmd])
+                .args(Some(extra).filter(|e| !e.is_empty()))
+                .arg("-o")
                 .arg(&tar)
                 .status()
                 .unwrap()

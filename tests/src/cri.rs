@@ -39,6 +39,26 @@ pub fn pod_config(name: &str, log_dir: &Path) -> PodSandboxConfig {
     }
 }
 
+/// The pod's namespace options (pid, ipc: `NamespaceMode` values), to set them.
+pub fn namespace_options(config: &mut PodSandboxConfig) -> &mut NamespaceOption {
+    config
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+        .namespace_options
+        .get_or_insert_with(Default::default)
+}
+
+/// The container's security context, to set it.
+pub fn security_context(config: &mut ContainerConfig) -> &mut LinuxContainerSecurityContext {
+    config
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+}
+
 /// A container of busybox running `cmd`, logging to `<pod log dir>/<name>.log`.
 pub fn container_config(name: &str, cmd: &[&str]) -> ContainerConfig {
     ContainerConfig {
@@ -174,6 +194,25 @@ impl Cri {
             .into_inner()
             .status
             .expect("a status")
+    }
+
+    /// StopContainer with a grace period of `timeout` seconds.
+    pub fn stop_container(&mut self, id: &str, timeout: i64) -> Result<(), String> {
+        let req = StopContainerRequest {
+            container_id: id.into(),
+            timeout,
+        };
+        self.rt
+            .block_on(self.runtime.stop_container(req))
+            .map(|_| ())
+            .map_err(|e| e.message().to_string())
+    }
+
+    /// ExecSync of `sh -c script`: its stdout, trimmed; panics unless it exits 0.
+    pub fn sh(&mut self, id: &str, script: &str) -> String {
+        let (code, out, err) = self.exec_sync(id, &["sh", "-c", script]);
+        assert_eq!(code, 0, "{script:?} in {id}: {err}");
+        out.trim().to_string()
     }
 
     /// StopPodSandbox then RemovePodSandbox.

@@ -4,6 +4,7 @@
 pub mod cgroup;
 pub mod error;
 pub mod events;
+pub mod exec_security;
 pub mod spec;
 pub mod stdio;
 
@@ -183,8 +184,11 @@ impl Manager {
                 rootfs,
                 terminal: req.terminal,
                 pid_ns: pid_ns.as_deref(),
+                pod_pids: &self.running_inits(),
             },
         )?;
+        let net_sysctls = spec::take_net_sysctls(&mut spec)?;
+        spec::apply_net_sysctls(Path::new("/proc/sys"), &net_sysctls)?;
         let bundle = Path::new(BUNDLE_ROOT).join(id);
         fs::create_dir_all(&bundle)
             .map_err(ContainerError::io(format!("mkdir {}", bundle.display())))?;
@@ -230,7 +234,18 @@ impl Manager {
             *self.shared_pid_ns.lock().unwrap() =
                 Some(PathBuf::from(format!("/proc/{pid}/ns/pid")));
         }
-        let init = self.track(id, "", pid, io);
+        // Without a pid namespace of its own (the pod's, or the guest's), what the container
+        // started outlives its init: it is killed when the init exits, as runc's shim does.
+        let own_pid_ns = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.namespaces().as_ref())
+            .is_some_and(|ns| {
+                ns.iter().any(|n| {
+                    n.typ() == oci_spec::runtime::LinuxNamespaceType::Pid && n.path().is_none()
+                })
+            });
+        let init = self.track(id, "", pid, io, !own_pid_ns);
         let cgroup = cgroup::dir(&spec::cgroup_path(id));
         let io_weight = spec
             .linux()
@@ -263,8 +278,25 @@ impl Manager {
         Ok(pid)
     }
 
+    /// Guest pids of the containers whose init process still runs.
+    fn running_inits(&self) -> Vec<i32> {
+        self.lock()
+            .values()
+            .filter(|e| e.init.exit.get().is_none())
+            .map(|e| e.init.pid.as_raw())
+            .collect()
+    }
+
     /// Watches `pid` for its exit: records it and queues an Exited (and maybe an OOM) event.
-    fn track(&self, container_id: &str, exec_id: &str, pid: Pid, io: ProcessIo) -> Arc<Process> {
+    /// With `kill_all_on_exit`, what is left in the container's cgroup is killed on the exit.
+    fn track(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        pid: Pid,
+        io: ProcessIo,
+        kill_all_on_exit: bool,
+    ) -> Arc<Process> {
         let process = Arc::new(Process {
             pid,
             io,
@@ -281,6 +313,11 @@ impl Manager {
             .spawn(move || {
                 let Ok(ws) = rx.recv() else { return };
                 let (status, at) = (exit_status(ws), now_ns());
+                if kill_all_on_exit {
+                    for left in cgroup::pids(&cg).unwrap_or_default() {
+                        let _ = nix::sys::signal::kill(Pid::from_raw(left), Signal::SIGKILL);
+                    }
+                }
                 if eid.is_empty() && cgroup::oom_kills(&cg) > oom_before {
                     events.push(Event {
                         container_id: cid.clone(),
@@ -354,6 +391,14 @@ impl Manager {
         process.set_terminal(Some(req.terminal));
         process.set_apparmor_profile(None);
         process.set_selinux_label(None);
+        // The container's seccomp filter, which libcontainer's exec path leaves out.
+        let security = match Self::container_seccomp(&bundle)? {
+            Some(seccomp) => Some(exec_security::ExecSecurity::prepare(
+                &seccomp,
+                &mut process,
+            )?),
+            None => None,
+        };
         let process_file = bundle.join(format!("exec-{exec_id}.json"));
         fs::write(
             &process_file,
@@ -363,6 +408,10 @@ impl Manager {
 
         let _serial = self.create_lock.lock().unwrap_or_else(|e| e.into_inner());
         let result = builder(id, req, &bundle).and_then(|(builder, io_setup)| {
+            let builder = match security {
+                Some(x) => builder.with_executor(x),
+                None => builder,
+            };
             let pid = builder
                 .as_tenant()
                 .with_process(Some(&process_file))
@@ -375,12 +424,19 @@ impl Manager {
         let _ = fs::remove_file(&process_file);
         let (pid, io) = result?;
         drop(_serial);
-        let process = self.track(id, exec_id, pid, io);
+        let process = self.track(id, exec_id, pid, io, false);
         if let Some(e) = self.lock().get_mut(id) {
             e.execs.insert(exec_id.to_string(), process);
         }
         tracing::info!(container = id, exec = exec_id, %pid, "exec");
         Ok(pid)
+    }
+
+    /// The seccomp filter of the container whose bundle is `bundle` (its adapted spec).
+    fn container_seccomp(bundle: &Path) -> Result<Option<oci_spec::runtime::LinuxSeccomp>> {
+        let spec = oci_spec::runtime::Spec::load(bundle.join("config.json"))
+            .map_err(|e| ContainerError::Other(format!("reading the container's spec: {e}")))?;
+        Ok(spec.linux().as_ref().and_then(|l| l.seccomp().clone()))
     }
 
     pub fn process(&self, id: &str, exec_id: &str) -> Result<Arc<Process>> {
