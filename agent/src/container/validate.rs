@@ -154,11 +154,7 @@ fn bind_source(source: &Path, container_dir: &Path) -> std::result::Result<(), S
         .canonicalize()
         .map_err(|e| format!("{}: {e}", container_dir.display()))?;
     if !real.starts_with(&real_dir) || real == real_dir {
-        return Err(format!(
-            "{} (it leads to {})",
-            outside(),
-            real.display()
-        ));
+        return Err(format!("{} (it leads to {})", outside(), real.display()));
     }
     Ok(())
 }
@@ -176,10 +172,15 @@ mod tests {
 
     impl Share {
         fn new(name: &str) -> Share {
-            let base = std::env::temp_dir()
-                .join(format!("myvm-validate-{name}-{}", std::process::id()));
+            let base =
+                std::env::temp_dir().join(format!("myvm-validate-{name}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&base);
-            for d in ["share/c1/rootfs/etc", "share/c1/mounts/0", "share/c2/rootfs", "outside"] {
+            for d in [
+                "share/c1/rootfs/etc",
+                "share/c1/mounts/0",
+                "share/c2/rootfs",
+                "outside",
+            ] {
                 std::fs::create_dir_all(base.join(d)).unwrap();
             }
             Share { base }
@@ -307,7 +308,10 @@ mod tests {
             serde_json::json!({"destination": "/a/../../x", "type": "tmpfs", "source": "tmpfs"}),
             serde_json::json!({"destination": "x", "type": "tmpfs", "source": "tmpfs"}),
         ] {
-            assert!(mounts(&spec_with(serde_json::json!([m])), &dir).is_err(), "{m}");
+            assert!(
+                mounts(&spec_with(serde_json::json!([m])), &dir).is_err(),
+                "{m}"
+            );
         }
     }
 }
