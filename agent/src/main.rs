@@ -8,6 +8,7 @@ mod container;
 mod guest;
 mod init;
 mod network;
+mod peer;
 mod reaper;
 mod sandbox;
 mod service;

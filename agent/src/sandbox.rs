@@ -84,7 +84,8 @@ pub fn listen_on(addr: &str) -> Result<OwnedFd> {
     }
 }
 
-/// Serves stdio streams (see the protocol comment in agent.proto) on `addr`.
+/// Serves stdio streams (see the protocol comment in agent.proto) on `addr`, to the host only
+/// (see [`crate::peer`]).
 pub fn serve_stdio(addr: &str, manager: Arc<Manager>) -> Result<()> {
     let listener = listen_on(addr)?;
     std::thread::Builder::new()
@@ -101,6 +102,9 @@ pub fn serve_stdio(addr: &str, manager: Arc<Manager>) -> Result<()> {
             };
             // SAFETY: accept returned a new fd that nothing else owns.
             let conn = unsafe { File::from_raw_fd(fd) };
+            if !crate::peer::admit(fd, "stdio") {
+                continue;
+            }
             let manager = manager.clone();
             let _ = std::thread::Builder::new()
                 .name("stdio".into())

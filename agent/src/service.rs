@@ -2,7 +2,7 @@
 
 use std::{
     collections::HashMap,
-    path::{Path, PathBuf},
+    path::Path,
     sync::{mpsc, Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -29,7 +29,6 @@ pub struct AgentService {
     started: Instant,
     ready_ns: u64,
     manager: Arc<Manager>,
-    shares: Mutex<Vec<PathBuf>>,
     shutdown: Mutex<Option<mpsc::Sender<()>>>,
 }
 
@@ -44,10 +43,17 @@ pub fn serve(
         started,
         ready_ns: started.elapsed().as_nanos() as u64,
         manager,
-        shares: Mutex::default(),
         shutdown: Mutex::new(Some(shutdown)),
     });
-    let services: HashMap<_, _> = agent_ttrpc::create_agent(service);
+    // Every method behind the peer check: ttrpc accepts connections itself, so a connection
+    // from anyone but the host is closed at its first request, before anything is done for it.
+    let services: HashMap<_, _> = agent_ttrpc::create_agent(service)
+        .into_iter()
+        .map(|(name, method)| {
+            let checked: Box<dyn ttrpc::MethodHandler + Send + Sync> = Box::new(HostOnly(method));
+            (name, checked)
+        })
+        .collect();
     let mut server = ttrpc::Server::new()
         .bind(listen)?
         .register_service(services)
@@ -56,6 +62,22 @@ pub fn serve(
         .set_thread_count_max(64);
     server.start()?;
     Ok(server)
+}
+
+/// A method of the API that serves the host only (see [`crate::peer`]).
+struct HostOnly(Box<dyn ttrpc::MethodHandler + Send + Sync>);
+
+impl ttrpc::MethodHandler for HostOnly {
+    fn handler(&self, ctx: TtrpcContext, req: ttrpc::Request) -> ttrpc::Result<()> {
+        if !crate::peer::admit(ctx.fd, &format!("agent API ({})", req.method)) {
+            // An error ends the connection in ttrpc; it was shut down already, so the peer
+            // gets no answer.
+            return Err(ttrpc::Error::Others(
+                "refused: only the host may call the agent".into(),
+            ));
+        }
+        self.0.handler(ctx, req)
+    }
 }
 
 type R<T> = ttrpc::Result<T>;
@@ -154,7 +176,7 @@ impl agent_ttrpc::Agent for AgentService {
                 );
             }
             sandbox::mount_share(&m.tag, mp, m.readonly).map_err(internal)?;
-            self.shares.lock().unwrap().push(mp.to_path_buf());
+            self.manager.add_share(mp);
         }
         crate::network::configure(&req.interfaces, &req.routes)
             .map_err(|e| internal(e.context("configuring the pod network")))?;
@@ -183,7 +205,7 @@ impl agent_ttrpc::Agent for AgentService {
                 tracing::warn!(container = id, "remove: {e}");
             }
         }
-        for mp in self.shares.lock().unwrap().drain(..).rev() {
+        for mp in self.manager.take_shares().into_iter().rev() {
             sandbox::unmount(&mp);
         }
         ok()
@@ -386,12 +408,13 @@ impl agent_ttrpc::Agent for AgentService {
         let events = self
             .manager
             .events
-            .take(timeout)
+            .take(req.ack, timeout)
             .into_iter()
-            .map(|e| {
+            .map(|(seq, e)| {
                 let mut out = Event {
                     container_id: e.container_id,
                     exec_id: e.exec_id,
+                    seq,
                     ..Default::default()
                 };
                 match e.kind {

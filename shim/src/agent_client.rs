@@ -34,6 +34,13 @@ pub enum AgentError {
     NotReady { timeout: Duration, last: String },
 }
 
+impl AgentError {
+    /// The agent's answer was this gRPC status code (NOT_FOUND, …).
+    pub fn is_status(&self, code: ttrpc::Code) -> bool {
+        matches!(self, AgentError::Call { source: ttrpc::Error::RpcStatus(s), .. } if s.code() == code)
+    }
+}
+
 #[derive(Clone)]
 pub struct AgentClient {
     inner: agent_ttrpc::AgentClient,

@@ -37,8 +37,8 @@ pub struct Output {
 }
 
 impl TestVm {
-    /// Boots a VM (qemu backend) sharing a fresh directory that holds a busybox rootfs at
-    /// `rootfs/`.
+    /// Boots a VM (qemu backend) sharing a fresh directory; each container gets a busybox rootfs
+    /// of its own at `<id>/rootfs/` there (the agent runs nothing else, see [`Self::rootfs`]).
     pub fn boot() -> TestVm {
         Self::boot_with(false)
     }
@@ -48,7 +48,6 @@ impl TestVm {
     pub fn boot_with(shared_pid_namespace: bool) -> TestVm {
         setup();
         let shared = TempDir::new("myvm-shared");
-        busybox_rootfs(&shared.path().join("rootfs"));
         let run_root = TempDir::new("myvm-run");
         let opts = VmOptions {
             backend: Some(BackendKind::Qemu),
@@ -99,16 +98,24 @@ impl TestVm {
         self.vm.as_ref().unwrap().vsock_uds().to_path_buf()
     }
 
-    /// Guest path of the shared busybox rootfs.
-    pub fn rootfs(&self) -> String {
-        format!("{SHARED}/rootfs")
+    /// Guest path of container `id`'s rootfs: its own directory in the share, as the shim lays
+    /// it out (the only rootfs the agent accepts).
+    pub fn rootfs(id: &str) -> String {
+        format!("{SHARED}/{id}/rootfs")
     }
 
+    /// Creates container `id`, with a busybox rootfs of its own (made on first use; ids that are
+    /// no plain name, which the agent refuses, get none).
     pub fn create(&self, id: &str, spec: &Value, stdio: Stdio) -> Result<i32, AgentError> {
+        let host_rootfs = host_rootfs(self, id);
+        let plain = !id.is_empty() && !id.contains('/') && !id.starts_with('.');
+        if plain && !host_rootfs.exists() {
+            busybox_rootfs(&host_rootfs);
+        }
         let req = CreateContainerRequest {
             container_id: id.into(),
             oci_spec: serde_json::to_vec(spec).unwrap(),
-            rootfs: self.rootfs(),
+            rootfs: Self::rootfs(id),
             stdio: Some(stdio).into(),
             ..Default::default()
         };
@@ -318,14 +325,14 @@ pub fn sh(script: &str) -> Value {
     spec(&["sh", "-c", script])
 }
 
-/// The shared directory's host path of the rootfs.
-pub fn host_rootfs(vm: &TestVm) -> PathBuf {
-    vm.shared.path().join("rootfs")
+/// The shared directory's host path of container `id`'s rootfs.
+pub fn host_rootfs(vm: &TestVm, id: &str) -> PathBuf {
+    vm.shared.path().join(id).join("rootfs")
 }
 
-/// True if `path` exists below the host side of the shared rootfs.
-pub fn rootfs_has(vm: &TestVm, path: &str) -> bool {
-    Path::new(&host_rootfs(vm))
+/// True if `path` exists below the host side of container `id`'s rootfs.
+pub fn rootfs_has(vm: &TestVm, id: &str, path: &str) -> bool {
+    Path::new(&host_rootfs(vm, id))
         .join(path.trim_start_matches('/'))
         .exists()
 }

@@ -34,7 +34,8 @@ pub const READY_VSOCK_PORT: u32 = 1025;
 pub const STDIO_VSOCK_PORT: u32 = 1026;
 
 /// Version of the agent API (bumped on incompatible changes to the .proto).
-pub const API_VERSION: u32 = 1;
+/// 2: events carry a sequence number and are acknowledged (`GetEventsRequest.ack`).
+pub const API_VERSION: u32 = 2;
 
 /// Copies `from` to `to` until EOF with a plain read/write loop, for the stdio streams on both
 /// sides. Not `std::io::copy`: between a socket and a pipe it uses splice(2), which sleeps

@@ -7,6 +7,7 @@ pub mod events;
 pub mod exec_security;
 pub mod spec;
 pub mod stdio;
+pub mod validate;
 
 use std::{
     collections::HashMap,
@@ -91,6 +92,9 @@ pub struct Manager {
     /// Containers share the pid namespace of the first one (sandbox option).
     pub shared_pid_ns: Mutex<Option<PathBuf>>,
     pub share_pid_ns: std::sync::atomic::AtomicBool,
+    /// Guest mount points of the sandbox's shared directories (CreateSandbox), where container
+    /// `<id>` has its directory `<share>/<id>` (see [`validate`]).
+    shares: Mutex<Vec<PathBuf>>,
 }
 
 pub fn now_ns() -> i64 {
@@ -109,22 +113,6 @@ pub fn exit_status(ws: WaitStatus) -> i32 {
     }
 }
 
-fn check_id(kind: &str, id: &str) -> Result<()> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && !id.starts_with('.');
-    if ok {
-        Ok(())
-    } else {
-        Err(ContainerError::Invalid(format!(
-            "invalid {kind} id {id:?} (use [A-Za-z0-9_.-], at most 128)"
-        )))
-    }
-}
-
 impl Manager {
     pub fn new(events: Arc<EventQueue>) -> Self {
         Manager {
@@ -133,7 +121,19 @@ impl Manager {
             events,
             shared_pid_ns: Mutex::default(),
             share_pid_ns: Default::default(),
+            shares: Mutex::default(),
         }
+    }
+
+    pub fn add_share(&self, mount_point: &Path) {
+        self.shares
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(mount_point.to_path_buf());
+    }
+
+    pub fn take_shares(&self) -> Vec<PathBuf> {
+        std::mem::take(&mut *self.shares.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, ContainerEntry>> {
@@ -153,11 +153,17 @@ impl Manager {
         rootfs: &Path,
         req: StdioRequest,
     ) -> Result<Pid> {
-        check_id("container", id)?;
+        validate::id("container", id)?;
         let t0 = std::time::Instant::now();
         if self.lock().contains_key(id) {
             return Err(ContainerError::Exists(id.to_string()));
         }
+        let shares = self
+            .shares
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let container_dir = validate::rootfs(&shares, id, rootfs)?;
         if !rootfs.is_dir() {
             return Err(ContainerError::Invalid(format!(
                 "rootfs {} is not a directory in the guest",
@@ -165,6 +171,10 @@ impl Manager {
             )));
         }
         let mut spec = spec::parse(spec_json)?;
+        // Binds may come from the container's directory in any share (rootfs and volumes).
+        let container_dirs: Vec<PathBuf> = shares.iter().map(|s| s.join(id)).collect();
+        debug_assert!(container_dirs.contains(&container_dir));
+        validate::mounts(&spec, &container_dirs)?;
         let pid_ns = if self.share_pid_ns.load(std::sync::atomic::Ordering::Relaxed) {
             self.shared_pid_ns.lock().unwrap().clone()
         } else {
@@ -365,7 +375,7 @@ impl Manager {
         process_json: &[u8],
         req: StdioRequest,
     ) -> Result<Pid> {
-        check_id("exec", exec_id)?;
+        validate::id("exec", exec_id)?;
         let (bundle, init) = {
             let map = self.lock();
             let entry = map
@@ -471,14 +481,18 @@ impl Manager {
             for pid in cgroup::pids(&cgroup).unwrap_or_default() {
                 let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
             }
-            return Ok(());
         }
+        // A process that exited is NOT_FOUND, also with `all`: the host learns from it of an
+        // exit whose event it did not get (see WaitProcess).
         let p = self.process(id, exec_id)?;
         if p.exit.get().is_some() {
             return Err(ContainerError::NoProcess {
                 container_id: id.into(),
                 exec_id: exec_id.into(),
             });
+        }
+        if all {
+            return Ok(());
         }
         nix::sys::signal::kill(p.pid, sig)
             .map_err(|e| ContainerError::io(format!("kill {} {sig}", p.pid))(e.into()))
@@ -595,14 +609,6 @@ fn builder(id: &str, req: StdioRequest, bundle: &Path) -> Result<(ContainerBuild
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ids_are_checked() {
-        assert!(check_id("container", "abc-1_2.3").is_ok());
-        for bad in ["", ".hidden", "a/b", "a b", &"x".repeat(129)] {
-            assert!(check_id("container", bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn exit_statuses() {

@@ -306,18 +306,60 @@ impl Sandbox {
         format!("{}/rootfs", Self::guest_dir(container_id))
     }
 
-    /// Long-polls the agent for events. Err means the agent (or the VM) is gone.
-    pub fn next_events(&self) -> Result<Vec<myvm_protocol::agent::Event>, String> {
+    /// Long-polls the agent for events, acknowledging those up to `*ack` (handled), and returns
+    /// the new ones (sequence number above `*ack`, which it advances). The agent repeats what is
+    /// not acknowledged, so an answer lost on the way is not an event lost. Err means the agent
+    /// (or the VM) is gone.
+    pub fn next_events(&self, ack: &mut u64) -> Result<Vec<myvm_protocol::agent::Event>, String> {
         let req = GetEventsRequest {
             timeout_ms: 10_000,
+            ack: *ack,
             ..Default::default()
         };
-        self.agent
+        let events = self
+            .agent
             .call_with_timeout("GetEvents", Duration::from_secs(13), |c, ctx| {
                 c.get_events(ctx, &req)
             })
-            .map(|r| r.events)
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?
+            .events;
+        let last = *ack;
+        let new: Vec<_> = events.into_iter().filter(|e| e.seq > last).collect();
+        *ack = new.iter().map(|e| e.seq).max().unwrap_or(last);
+        Ok(new)
+    }
+
+    /// The exit of a process the agent answered NOT_FOUND for (it exited, and its exit event
+    /// did not reach us, or is still on its way): what the agent recorded, else 137 now (the
+    /// agent no longer knows it at all).
+    pub fn lost_exit(&self, container_id: &str, exec_id: &str) -> super::state::Exit {
+        let req = myvm_protocol::agent::WaitProcessRequest {
+            container_id: container_id.to_string(),
+            exec_id: exec_id.to_string(),
+            ..Default::default()
+        };
+        // An exited process answers at once.
+        match self
+            .agent
+            .call_with_timeout("WaitProcess", Duration::from_secs(5), |c, ctx| {
+                c.wait_process(ctx, &req)
+            }) {
+            Ok(r) => super::state::Exit {
+                status: r.exit_status as u32,
+                at_ns: r.exited_at_ns,
+            },
+            Err(e) => {
+                tracing::warn!(
+                    container = container_id,
+                    exec = exec_id,
+                    "no exit status from the agent ({e}): reported as killed"
+                );
+                super::state::Exit {
+                    status: 137,
+                    at_ns: super::state::now_ns(),
+                }
+            }
+        }
     }
 
     /// Why the VM ended: from what the guest cannot forge (the host cgroup's OOM kills, whether

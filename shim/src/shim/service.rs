@@ -132,8 +132,9 @@ impl Inner {
         // after this many failed long polls (about 13 s each): its tasks then end as killed.
         const MAX_FAILED_POLLS: u32 = 2;
         let mut failed = 0;
+        let mut ack = 0;
         loop {
-            let e = match sb.next_events() {
+            let e = match sb.next_events(&mut ack) {
                 Ok(events) => {
                     failed = 0;
                     for e in events {
@@ -669,7 +670,7 @@ impl Task for Service {
     }
 
     fn kill(&self, _: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
-        let (_, p) = self.inner.proc(&req.id, &req.exec_id)?;
+        let (c, p) = self.inner.proc(&req.id, &req.exec_id)?;
         if p.exit().is_some() {
             return Err(not_found(&format!(
                 "process {} of {} (already exited)",
@@ -684,9 +685,24 @@ impl Task for Service {
             all: req.all,
             ..Default::default()
         };
-        sb.agent
+        match sb
+            .agent
             .call("SignalProcess", |a, ctx| a.signal_process(ctx, &r))
-            .map_err(agent_err)?;
+        {
+            // The agent has no such process running: it exited and we missed the event (or it
+            // is on its way). Recorded now, so that the task ends (and `delete -f` does not wait
+            // for an exit that never comes).
+            Err(e)
+                if e.is_status(Code::NOT_FOUND)
+                    && (p.exec_id.is_empty() || p.status() != api::Status::CREATED) =>
+            {
+                let exit = sb.lost_exit(&c.id, &p.exec_id);
+                self.inner.exited(&c, &p, exit);
+            }
+            other => {
+                other.map_err(agent_err)?;
+            }
+        }
         Ok(api::Empty::new())
     }
 
