@@ -274,3 +274,12 @@ pub fn assert_pod_ended_cleanly(c: &Containerd, id: &str, socket: &str) -> Strin
     );
     log
 }
+
+/// SIGKILL to a VMM, as a host operator (or the OOM killer) would.
+pub fn kill_vmm(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+}

@@ -572,11 +572,7 @@ fn vmm_killed_from_the_host_ends_the_pod_and_leaves_nothing() {
     let id = uid("vmmkill");
     guard.add("default", &id);
     let (vmm, socket) = start_victim(&c, &[], &id);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(vmm as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    kill_vmm(vmm);
     assert_pod_ended_cleanly(&c, &id, &socket);
     let e = events.wait_for(SANDBOX_ERROR_TOPIC, Duration::from_secs(5), |_| true);
     let err = sandbox_error(&e);

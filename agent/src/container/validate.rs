@@ -118,13 +118,15 @@ pub fn mounts(spec: &Spec, container_dirs: &[PathBuf]) -> Result<()> {
                 invalid(format!("bind mount on {} has no source", dest.display()))
             })?;
             let mut why = String::from("no shared directory");
-            let ok = container_dirs.iter().any(|dir| match bind_source(source, dir) {
-                Ok(()) => true,
-                Err(e) => {
-                    why = e;
-                    false
-                }
-            });
+            let ok = container_dirs
+                .iter()
+                .any(|dir| match bind_source(source, dir) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        why = e;
+                        false
+                    }
+                });
             if !ok {
                 return Err(invalid(format!("bind mount on {}: {why}", dest.display())));
             }
@@ -300,7 +302,9 @@ mod tests {
             let spec = spec_with(serde_json::json!([
                 {"destination": "/x", "type": "bind", "source": source, "options": ["rbind"]},
             ]));
-            let e = mounts(&spec, std::slice::from_ref(&dir)).unwrap_err().to_string();
+            let e = mounts(&spec, std::slice::from_ref(&dir))
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(why), "{}: {e}", source.display());
             assert!(e.contains("invalid request: bind mount on /x"), "{e}");
         }
@@ -319,7 +323,11 @@ mod tests {
             serde_json::json!({"destination": "x", "type": "tmpfs", "source": "tmpfs"}),
         ] {
             assert!(
-                mounts(&spec_with(serde_json::json!([m])), std::slice::from_ref(&dir)).is_err(),
+                mounts(
+                    &spec_with(serde_json::json!([m])),
+                    std::slice::from_ref(&dir)
+                )
+                .is_err(),
                 "{m}"
             );
         }

@@ -12,14 +12,26 @@ use crate::process::Managed;
 pub struct Qemu {
     binary: PathBuf,
     accel: Accel,
+    /// `-cpu` with KVM.
+    kvm_cpu: &'static str,
     process: Option<Managed>,
 }
 
 impl Qemu {
     pub fn new(binary: PathBuf, accel: Accel) -> Self {
+        // KVM without vmx/svm in the CPU flags is KVM-PVM (only reached when KVM is forced):
+        // there QEMU's `-cpu host` aborts setting IA32_ARCH_CAPABILITIES ("failed to set MSR
+        // 0x10a"), so that MSR is left out. With hardware virtualization the guest gets it.
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let kvm_cpu = if crate::check::cpu_has_hw_virt(&cpuinfo) {
+            "host"
+        } else {
+            "host,arch-capabilities=off"
+        };
         Qemu {
             binary,
             accel,
+            kvm_cpu,
             process: None,
         }
     }
@@ -34,7 +46,7 @@ impl Qemu {
             "microvm,acpi=off,memory-backend=mem,x-option-roms=off",
         ]);
         match self.accel {
-            Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+            Accel::Kvm => push(&["-accel", "kvm", "-cpu", self.kvm_cpu]),
             Accel::Tcg => push(&["-accel", "tcg,thread=multi,tb-size=64", "-cpu", "max"]),
         }
         push(&["-m", &mem, "-smp", &config.vcpus.to_string()]);
