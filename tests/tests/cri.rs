@@ -277,66 +277,81 @@ fn cri_pods_get_their_network_and_volumes() {
     // guest kernel can write it through FUSE.
     let shim = c.shims()[0].0;
     let procs = myvm_tests::containerd::processes();
-    let fsd: Vec<u32> = procs
+    // Two: one serves the containers' root filesystems, one the volumes.
+    let fsd: Vec<(u32, bool)> = procs
         .iter()
         .filter(|(_, ppid, cmd)| {
             cmd.contains("virtiofsd") && procs.iter().any(|(p, pp, _)| p == ppid && *pp == shim)
         })
-        .map(|(pid, _, _)| *pid)
+        .map(|(pid, _, cmd)| (*pid, cmd.contains("/run/myvm/volumes/")))
         .collect();
-    assert_eq!(fsd.len(), 1, "virtiofsd's sandboxed child: {procs:?}");
-    for ns in ["mnt", "net", "pid"] {
-        let of = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/{ns}")).unwrap();
-        assert_ne!(
-            of(&fsd[0].to_string()),
-            of("self"),
-            "virtiofsd in the host's {ns} namespace"
+    assert_eq!(fsd.len(), 2, "virtiofsd's sandboxed children: {fsd:?}");
+    assert!(
+        fsd.iter().any(|f| f.1) && fsd.iter().any(|f| !f.1),
+        "{fsd:?}"
+    );
+    for &(pid, volumes) in &fsd {
+        for ns in ["mnt", "net", "pid"] {
+            let of = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/{ns}")).unwrap();
+            assert_ne!(
+                of(&pid.to_string()),
+                of("self"),
+                "virtiofsd in the host's {ns} namespace"
+            );
+        }
+        // Only the capabilities file serving needs: no DAC_READ_SEARCH (open_by_handle_at), no
+        // SYS_ADMIN; for volumes no MKNOD or SETFCAP either; none to regain (empty bounding
+        // set), no_new_privs, seccomp.
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let caps = |k: &str| {
+            let hex = status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .unwrap()
+                .trim();
+            u64::from_str_radix(hex, 16).unwrap()
+        };
+        let mut denied = vec![
+            2,  /* DAC_READ_SEARCH */
+            21, /* SYS_ADMIN */
+            12, /* NET_ADMIN */
+            19, /* SYS_PTRACE */
+        ];
+        if volumes {
+            denied.extend([27 /* MKNOD */, 31 /* SETFCAP */]);
+        }
+        for cap in denied {
+            assert_eq!(
+                caps("CapEff:") & (1 << cap),
+                0,
+                "virtiofsd (volumes: {volumes}) has capability {cap}"
+            );
+        }
+        assert_eq!(caps("CapBnd:"), 0);
+        assert!(
+            status.contains("NoNewPrivs:\t1") && status.contains("Seccomp:\t2"),
+            "{status}"
         );
-    }
-    // Only the capabilities file serving needs: no DAC_READ_SEARCH (open_by_handle_at), no
-    // SYS_ADMIN; none to regain (empty bounding set), no_new_privs, seccomp.
-    let status = std::fs::read_to_string(format!("/proc/{}/status", fsd[0])).unwrap();
-    let caps = |k: &str| {
-        let hex = status
-            .lines()
-            .find_map(|l| l.strip_prefix(k))
-            .unwrap()
-            .trim();
-        u64::from_str_radix(hex, 16).unwrap()
-    };
-    for cap in [
-        2,  /* DAC_READ_SEARCH */
-        21, /* SYS_ADMIN */
-        12, /* NET_ADMIN */
-        19, /* SYS_PTRACE */
-    ] {
-        assert_eq!(
-            caps("CapEff:") & (1 << cap),
-            0,
-            "virtiofsd has capability {cap}"
+        let root = format!("/proc/{pid}/root");
+        assert!(
+            !std::path::Path::new(&root).join("usr").exists(),
+            "virtiofsd sees the host"
         );
+        if volumes {
+            let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+            let token = mountinfo
+                .lines()
+                .find(|l| {
+                    l.contains("/mounts/")
+                        && l.split(' ').nth(3).is_some_and(|r| r.ends_with("/token"))
+                })
+                .unwrap_or_else(|| panic!("the secret is not mounted for virtiofsd:\n{mountinfo}"));
+            assert!(
+                token.split(' ').nth(5).unwrap().starts_with("ro,"),
+                "{token}"
+            );
+        }
     }
-    assert_eq!(caps("CapBnd:"), 0);
-    assert!(
-        status.contains("NoNewPrivs:\t1") && status.contains("Seccomp:\t2"),
-        "{status}"
-    );
-    let root = format!("/proc/{}/root", fsd[0]);
-    assert!(
-        !std::path::Path::new(&root).join("usr").exists(),
-        "virtiofsd sees the host"
-    );
-    let mountinfo = std::fs::read_to_string(format!("/proc/{}/mountinfo", fsd[0])).unwrap();
-    let token = mountinfo
-        .lines()
-        .find(|l| {
-            l.contains("/mounts/") && l.split(' ').nth(3).is_some_and(|r| r.ends_with("/token"))
-        })
-        .unwrap_or_else(|| panic!("the secret is not mounted for virtiofsd:\n{mountinfo}"));
-    assert!(
-        token.split(' ').nth(5).unwrap().starts_with("ro,"),
-        "{token}"
-    );
 
     // Pod B reaches pod A over the pod network.
     let b_cfg = pod_config("client-b", logs.path());
