@@ -26,6 +26,8 @@ pub enum ContainerError {
     Runtime {
         context: String,
         source: libcontainer::error::LibcontainerError,
+        /// What libcontainer's child processes logged as errors (`child_errors`).
+        child: String,
     },
     #[error("{0}")]
     Other(String),
@@ -41,7 +43,24 @@ impl ContainerError {
         context: impl Into<String>,
     ) -> impl FnOnce(libcontainer::error::LibcontainerError) -> Self {
         let context = context.into();
-        move |source| ContainerError::Runtime { context, source }
+        move |source| ContainerError::Runtime {
+            context,
+            source,
+            child: String::new(),
+        }
+    }
+
+    /// [`Self::runtime`] with the errors the child processes logged (`child_errors::capture`).
+    pub fn runtime_in_child(
+        context: impl Into<String>,
+        child: String,
+    ) -> impl FnOnce(libcontainer::error::LibcontainerError) -> Self {
+        let context = context.into();
+        move |source| ContainerError::Runtime {
+            context,
+            source,
+            child,
+        }
     }
 
     pub fn code(&self) -> Code {
@@ -67,6 +86,13 @@ impl From<ContainerError> for ttrpc::Error {
                 msg.push_str(&s);
             }
             src = s_source(src);
+        }
+        if let ContainerError::Runtime { child, .. } = &e {
+            if !child.is_empty() {
+                msg.push_str(" (in the container's process: ");
+                msg.push_str(child);
+                msg.push(')');
+            }
         }
         ttrpc::Error::RpcStatus(ttrpc::get_status(e.code(), msg))
     }

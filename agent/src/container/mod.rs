@@ -2,6 +2,7 @@
 //! processes, stdio, cgroups and events.
 
 pub mod cgroup;
+pub mod child_errors;
 pub mod error;
 pub mod events;
 pub mod exec_security;
@@ -213,13 +214,18 @@ impl Manager {
         let _serial = self.create_lock.lock().unwrap_or_else(|e| e.into_inner());
         let prepared_ms = t0.elapsed().as_millis() as u64;
         let (builder, io_setup) = builder(id, req, &bundle).map_err(cleanup_bundle)?;
-        let built = builder
-            .as_init(&bundle)
-            .with_systemd(false)
-            .with_detach(true)
-            .as_sibling(false)
-            .build()
-            .map_err(ContainerError::runtime(format!("creating container {id}")));
+        let (built, child_errors) = child_errors::capture(|| {
+            builder
+                .as_init(&bundle)
+                .with_systemd(false)
+                .with_detach(true)
+                .as_sibling(false)
+                .build()
+        });
+        let built = built.map_err(ContainerError::runtime_in_child(
+            format!("creating container {id}"),
+            child_errors,
+        ));
         let container = match built {
             Ok(c) => c,
             Err(e) => {
@@ -422,13 +428,18 @@ impl Manager {
                 Some(x) => builder.with_executor(x),
                 None => builder,
             };
-            let pid = builder
-                .as_tenant()
-                .with_process(Some(&process_file))
-                .with_detach(true)
-                .as_sibling(false)
-                .build()
-                .map_err(ContainerError::runtime(format!("exec in container {id}")))?;
+            let (built, child_errors) = child_errors::capture(|| {
+                builder
+                    .as_tenant()
+                    .with_process(Some(&process_file))
+                    .with_detach(true)
+                    .as_sibling(false)
+                    .build()
+            });
+            let pid = built.map_err(ContainerError::runtime_in_child(
+                format!("exec in container {id}"),
+                child_errors,
+            ))?;
             Ok((Pid::from_raw(pid.as_raw()), io_setup.finish(req)?))
         });
         let _ = fs::remove_file(&process_file);

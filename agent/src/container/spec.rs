@@ -76,6 +76,22 @@ fn check_ns_path(typ: LinuxNamespaceType, path: &Path, pod_pids: &[i32]) -> Resu
     Ok(())
 }
 
+/// The rootfs propagation libcontainer applies for the spec's `rootfsPropagation` (runc's
+/// names, recursive or not).
+fn rootfs_propagation(p: &str) -> Result<&'static str> {
+    Ok(match p {
+        "shared" | "rshared" => "shared",
+        "slave" | "rslave" => "slave",
+        "private" | "rprivate" => "private",
+        "unbindable" | "runbindable" => "unbindable",
+        other => {
+            return Err(ContainerError::Invalid(format!(
+                "unknown rootfsPropagation {other:?}"
+            )))
+        }
+    })
+}
+
 pub fn parse(json: &[u8]) -> Result<Spec> {
     serde_json::from_slice(json)
         .map_err(|e| ContainerError::Invalid(format!("OCI spec is not valid JSON: {e}")))
@@ -131,6 +147,11 @@ pub fn adapt(spec: &mut Spec, a: &Adapt) -> Result<()> {
                 }
             }
         }
+    }
+    // containerd (CRI) asks `rslave` / `rshared` for a volume with mount propagation, as runc
+    // reads them; libcontainer knows only the plain names, and applies them recursively anyway.
+    if let Some(p) = linux.rootfs_propagation().clone() {
+        linux.set_rootfs_propagation(Some(rootfs_propagation(&p)?.to_string()));
     }
     linux.set_cgroups_path(Some(cgroup_path(a.container_id).into()));
     linux.set_mount_label(None);
@@ -206,6 +227,22 @@ mod tests {
         let me = std::process::id() as i32;
         let json = SPEC.replace("/proc/1/", &format!("/proc/{me}/"));
         (parse(json.as_bytes()).unwrap(), me)
+    }
+
+    #[test]
+    fn rootfs_propagation_takes_runcs_names() {
+        for (asked, got) in [
+            ("rslave", "slave"),
+            ("rshared", "shared"),
+            ("private", "private"),
+            ("runbindable", "unbindable"),
+        ] {
+            assert_eq!(rootfs_propagation(asked).unwrap(), got);
+        }
+        assert!(matches!(
+            rootfs_propagation("sideways"),
+            Err(ContainerError::Invalid(_))
+        ));
     }
 
     #[test]

@@ -50,6 +50,15 @@ fn agent_err(e: AgentError) -> TtrpcError {
     }
 }
 
+/// [`agent_err`] for a call that creates or starts a process: the agent's whole error (with
+/// what failed inside the container's own processes) goes to the shim's log too.
+fn agent_err_logged(container: &str) -> impl FnOnce(AgentError) -> TtrpcError + '_ {
+    move |e| {
+        tracing::error!(container, "{e}");
+        agent_err(e)
+    }
+}
+
 impl Inner {
     fn sandbox(&self) -> TtrpcResult<Arc<Sandbox>> {
         self.sandbox
@@ -294,7 +303,7 @@ impl Inner {
             };
             sb.agent
                 .call("StartContainer", |a, ctx| a.start_container(ctx, &req))
-                .map_err(agent_err)?;
+                .map_err(agent_err_logged(&c.id))?;
         } else {
             let req = ag::ExecProcessRequest {
                 container_id: c.id.clone(),
@@ -306,7 +315,7 @@ impl Inner {
             let r = sb
                 .agent
                 .call("ExecProcess", |a, ctx| a.exec_process(ctx, &req))
-                .map_err(agent_err)?;
+                .map_err(agent_err_logged(&c.id))?;
             *p.pid.lock().unwrap() = r.pid as u32;
             let io = IoCopy::attach(&sb.uds, &c.id, &p.exec_id, &p.stdio).map_err(agent_err)?;
             *p.io.lock().unwrap() = Some(Arc::new(io));
@@ -440,7 +449,7 @@ impl Task for Service {
         let created = sb
             .agent
             .call("CreateContainer", |a, ctx| a.create_container(ctx, &creq))
-            .map_err(agent_err);
+            .map_err(agent_err_logged(&req.id));
         let pid = match created {
             Ok(r) => r.pid as u32,
             Err(e) => {
