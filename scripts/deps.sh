@@ -15,7 +15,7 @@ CARGO_FUZZ_VERSION=0.13.2
 
 apt_pkgs=(linux-source-6.1 protobuf-compiler flex bison bc libelf-dev libssl-dev cpio python3 qemu-system-x86 busybox-static
           libseccomp-dev libcap-ng-dev containerd runc containernetworking-plugins pkg-config xz-utils
-          iproute2 util-linux procps strace bsdutils patch)
+          iproute2 iptables util-linux procps strace bsdutils patch)
 # `--cargo-fuzz` needs none of them (libFuzzer only needs the C++ compiler the build already has).
 [ "${1:-}" = "--cargo-fuzz" ] && apt_pkgs=()
 

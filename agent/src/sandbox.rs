@@ -114,7 +114,17 @@ pub fn serve_stdio(addr: &str, manager: Arc<Manager>) -> Result<()> {
 }
 
 fn handle_stdio(mut conn: File, manager: &Manager) {
-    let header = match stdio::read_header(&mut conn) {
+    let line = match stdio::read_header_line(&mut conn) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = writeln!(conn, "ERR {e}");
+            return;
+        }
+    };
+    if let Some(port) = line.strip_prefix("TCP ") {
+        return forward_tcp(conn, port);
+    }
+    let header = match stdio::parse_header(&line) {
         Ok(h) => h,
         Err(e) => {
             let _ = writeln!(conn, "ERR {e}");
@@ -130,5 +140,55 @@ fn handle_stdio(mut conn: File, manager: &Manager) {
         Err(e) => {
             let _ = writeln!(conn, "ERR {e}");
         }
+    }
+}
+
+/// Port-forward (`TCP <port>`, see agent.proto): connects to `port` on the guest's loopback
+/// (the pod's network stack, as `kubectl port-forward` reaches a runc pod's), answers `OK`
+/// or `ERR <why>`, then copies both ways until each side ends.
+fn forward_tcp(mut conn: File, port: &str) {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+    let port: u16 = match port.parse() {
+        Ok(p) if p != 0 => p,
+        _ => {
+            let _ = writeln!(conn, "ERR invalid port {port:?}");
+            return;
+        }
+    };
+    let timeout = std::time::Duration::from_secs(5);
+    let tcp = TcpStream::connect_timeout(&SocketAddr::from((Ipv4Addr::LOCALHOST, port)), timeout)
+        .or_else(|e| {
+            TcpStream::connect_timeout(&SocketAddr::from((Ipv6Addr::LOCALHOST, port)), timeout)
+                .map_err(|_| e)
+        });
+    let tcp = match tcp {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = writeln!(conn, "ERR connecting to localhost:{port} in the pod: {e}");
+            return;
+        }
+    };
+    if conn.write_all(b"OK\n").is_err() {
+        return;
+    }
+    let (Ok(mut tcp_in), Ok(mut conn_out)) = (tcp.try_clone(), conn.try_clone()) else {
+        return;
+    };
+    let up = std::thread::Builder::new()
+        .name("port-forward".into())
+        .spawn(move || {
+            let _ = myvm_protocol::copy_stream(&mut conn, &mut tcp_in);
+            let _ = tcp_in.shutdown(std::net::Shutdown::Write);
+        });
+    let mut tcp_out = tcp;
+    let _ = myvm_protocol::copy_stream(&mut tcp_out, &mut conn_out);
+    // The server is done: a whole close, which the host sees as the end (a half-close does
+    // not cross the hybrid vsock), and which ends the other direction too.
+    let _ = nix::sys::socket::shutdown(
+        std::os::fd::AsRawFd::as_raw_fd(&conn_out),
+        nix::sys::socket::Shutdown::Both,
+    );
+    if let Ok(up) = up {
+        let _ = up.join();
     }
 }

@@ -10,6 +10,7 @@ pub mod hybrid_vsock;
 pub mod hypervisor;
 pub mod jail;
 pub mod network;
+pub mod port_forward;
 pub mod process;
 pub mod runtime_info;
 pub mod serial;

@@ -54,7 +54,7 @@ pub struct PodNetwork {
 }
 
 /// Runs `program args` inside the network namespace `netns`; its stdout.
-fn run_in(netns: &Path, program: &str, args: &[&str]) -> Result<String, NetworkError> {
+pub(crate) fn run_in(netns: &Path, program: &str, args: &[&str]) -> Result<String, NetworkError> {
     let ns = std::fs::File::open(netns).map_err(|source| NetworkError::Netns {
         path: netns.into(),
         source,

@@ -196,6 +196,42 @@ impl Cri {
             .expect("a status")
     }
 
+    /// PortForward: the streaming URL for `ports` of pod `id`.
+    pub fn port_forward(&mut self, id: &str, ports: &[i32]) -> Result<String, String> {
+        let req = PortForwardRequest {
+            pod_sandbox_id: id.into(),
+            port: ports.to_vec(),
+        };
+        self.rt
+            .block_on(self.runtime.port_forward(req))
+            .map(|r| r.into_inner().url)
+            .map_err(|e| e.message().to_string())
+    }
+
+    /// The path of pod `id`'s network namespace on the host (PodSandboxStatus, verbose).
+    pub fn pod_netns(&mut self, id: &str) -> String {
+        let req = PodSandboxStatusRequest {
+            pod_sandbox_id: id.into(),
+            verbose: true,
+        };
+        let info = self
+            .rt
+            .block_on(self.runtime.pod_sandbox_status(req))
+            .unwrap_or_else(|e| panic!("PodSandboxStatus {id}: {}", e.message()))
+            .into_inner()
+            .info;
+        let info: serde_json::Value =
+            serde_json::from_str(info.get("info").expect("verbose info")).unwrap();
+        info["runtimeSpec"]["linux"]["namespaces"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["type"] == "network")
+            .and_then(|n| n["path"].as_str())
+            .unwrap_or_else(|| panic!("no network namespace path in {info}"))
+            .to_string()
+    }
+
     /// StopContainer with a grace period of `timeout` seconds.
     pub fn stop_container(&mut self, id: &str, timeout: i64) -> Result<(), String> {
         let req = StopContainerRequest {

@@ -101,6 +101,7 @@ pub mod cri;
 pub mod events;
 pub mod guest;
 pub mod pods;
+pub mod portforward;
 
 /// Creates a minimal busybox root filesystem in `dir` (static busybox + applet links, passwd,
 /// group), like a tiny image's unpacked rootfs.

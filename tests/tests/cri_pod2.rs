@@ -115,3 +115,94 @@ fn cri_volume_propagation_from_the_host() {
         let _ = nix::mount::umount2(&sub, nix::mount::MntFlags::MNT_DETACH);
     }
 }
+
+/// `GET /` to 127.0.0.1:`port` from inside the network namespace `netns`, as containerd's
+/// port-forward dials: the response, or the error.
+fn get_in_netns(netns: &str, port: u16) -> Result<String, String> {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    let ns = std::fs::File::open(netns).map_err(|e| format!("{netns}: {e}"))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: an fd we hold; this thread alone changes namespace, then ends.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error().to_string());
+            }
+            let mut c = std::net::TcpStream::connect(("127.0.0.1", port))
+                .map_err(|e| format!("connect 127.0.0.1:{port}: {e}"))?;
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            c.write_all(b"GET / HTTP/1.0\r\n\r\n")
+                .map_err(|e| e.to_string())?;
+            let mut out = String::new();
+            c.read_to_string(&mut out).map_err(|e| e.to_string())?;
+            Ok(out)
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+/// CRI PortForward: containerd enters the pod's network namespace on the host and dials
+/// localhost:<port>. A server listening on the pod's 127.0.0.1 only answers, through the
+/// streaming URL (a WebSocket, as kubectl port-forward) and in the namespace directly; a port
+/// nothing listens on is refused; and nothing of it is left once the pod is gone.
+#[test]
+fn cri_port_forward_reaches_the_pods_localhost() {
+    let c = Containerd::start();
+    let mut cri = Cri::connect(&c.socket);
+    let logs = TempDir::new("myvm-cri-logs");
+    for handler in HANDLERS {
+        let config = pod_config(&format!("pf-{handler}"), logs.path());
+        let pod = cri
+            .run_pod(&config, handler)
+            .unwrap_or_else(|e| panic!("RunPodSandbox ({handler}): {e}"));
+        let cfg = container_config(
+            "web",
+            &[
+                "sh",
+                "-c",
+                "mkdir /www && echo hello-port-forward > /www/index.html && \
+                 exec httpd -f -p 127.0.0.1:8080 -h /www",
+            ],
+        );
+        let web = cri
+            .start_container(&pod, &config, cfg)
+            .unwrap_or_else(|e| panic!("{handler}: {e}"));
+        myvm_tests::wait_until("httpd", Duration::from_secs(20), || {
+            cri.exec_sync(&web, &["wget", "-q", "-O-", "http://127.0.0.1:8080/"])
+                .1
+                .contains("hello-port-forward")
+        });
+        // Through the streaming server, as kubectl port-forward.
+        let url = cri
+            .port_forward(&pod, &[8080])
+            .unwrap_or_else(|e| panic!("{handler}: PortForward: {e}"));
+        let (data, errors) = myvm_tests::portforward::exchange(
+            &url,
+            8080,
+            b"GET / HTTP/1.0\r\n\r\n",
+            "hello-port-forward",
+            Duration::from_secs(20),
+        )
+        .unwrap_or_else(|e| panic!("{handler}: port-forward stream: {e}"));
+        assert!(
+            data.contains("200 OK") && data.contains("hello-port-forward"),
+            "{handler}: data {data:?}, errors {errors:?}"
+        );
+        // containerd's path itself: localhost in the pod's namespace on the host.
+        let netns = cri.pod_netns(&pod);
+        let page = get_in_netns(&netns, 8080).unwrap_or_else(|e| panic!("{handler}: {e}"));
+        assert!(page.contains("hello-port-forward"), "{handler}: {page}");
+        // Nothing listens on 8081: no page (refused, or reset by the forwarder).
+        let none = get_in_netns(&netns, 8081);
+        assert!(
+            none.as_ref().map_or(true, |p| p.is_empty()),
+            "{handler}: 8081 answered {none:?}"
+        );
+        cri.remove_pod(&pod).expect("removing the pod");
+        assert!(
+            !Path::new(&netns).exists(),
+            "{handler}: the pod's netns {netns} is left"
+        );
+    }
+}

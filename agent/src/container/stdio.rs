@@ -268,7 +268,7 @@ pub fn parse_header(line: &str) -> std::result::Result<Header, String> {
 }
 
 /// Reads the header line byte by byte (nothing after the newline is consumed).
-pub fn read_header(conn: &mut impl Read) -> std::result::Result<Header, String> {
+pub fn read_header_line(conn: &mut impl Read) -> std::result::Result<String, String> {
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
     loop {
@@ -285,7 +285,13 @@ pub fn read_header(conn: &mut impl Read) -> std::result::Result<Header, String> 
             Err(e) => return Err(format!("reading the stdio header: {e}")),
         }
     }
-    parse_header(std::str::from_utf8(&line).map_err(|_| "stdio header is not UTF-8".to_string())?)
+    String::from_utf8(line).map_err(|_| "stdio header is not UTF-8".to_string())
+}
+
+/// Reads and parses a stdio header.
+#[cfg(test)]
+pub fn read_header(conn: &mut impl Read) -> std::result::Result<Header, String> {
+    parse_header(&read_header_line(conn)?)
 }
 
 /// Pumps one attached stream until EOF. For stdin, the process sees EOF when the host closes

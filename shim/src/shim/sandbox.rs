@@ -17,6 +17,7 @@ use crate::{
     config::Config,
     host_cgroup::{HostCgroup, Limits},
     network::PodNetwork,
+    port_forward::PortForward,
     vm::{ShareAccess, SharedDir, Vm, VmOptions, RUN_ROOT},
 };
 
@@ -80,12 +81,16 @@ struct HostSide {
     shared: SharedTree,
     volumes: Option<SharedTree>,
     network: Option<PodNetwork>,
+    port_forward: Option<PortForward>,
     cgroup: Option<Arc<HostCgroup>>,
 }
 
 impl HostSide {
     /// Removes the taps and redirects, the host cgroup and the shared directory.
     fn release(&self) {
+        if let Some(pf) = &self.port_forward {
+            pf.stop();
+        }
         if let Some(n) = &self.network {
             n.teardown();
         }
@@ -153,6 +158,7 @@ impl Sandbox {
             shared: SharedTree::create(&shared_dir(ns, id))?,
             volumes: None,
             network: None,
+            port_forward: None,
             cgroup: None,
         };
         match SharedTree::create(&volumes_dir(ns, id)) {
@@ -249,6 +255,13 @@ impl Sandbox {
             let _ = vm.shutdown(Duration::from_secs(2));
             host.release();
             return Err(e).context("CreateSandbox");
+        }
+        // CRI PortForward dials localhost in the pod's netns: carried to the guest's.
+        if let Some(netns) = host.network.as_ref().map(|n| n.netns.clone()) {
+            match PortForward::start(&netns, vm.vsock_uds()) {
+                Ok(pf) => host.port_forward = Some(pf),
+                Err(e) => tracing::warn!(sandbox = id, "no port-forward: {e}"),
+            }
         }
         let t = vm.timeline();
         for (step, at) in [
