@@ -206,3 +206,64 @@ fn cri_port_forward_reaches_the_pods_localhost() {
         );
     }
 }
+
+/// A privileged container builds what CNI plugins and container engines build: a bridge
+/// (`brctl addbr`), a veth pair on it, a tap (`tunctl`), and NAT and conntrack rules with the
+/// host's own iptables (nft backend; busybox has none), from the host's /usr mounted
+/// read-only. The guest kernel has them built in (no modules to load).
+#[test]
+fn cri_privileged_container_builds_bridges_veths_taps_and_nat() {
+    let c = Containerd::start();
+    let mut cri = Cri::connect(&c.socket);
+    let logs = TempDir::new("myvm-cri-logs");
+    let lib = "/host/usr/lib/x86_64-linux-gnu";
+    let iptables = format!(
+        "XTABLES_LIBDIR={lib}/xtables {lib}/ld-linux-x86-64.so.2 --library-path {lib} \
+         /host/usr/sbin/xtables-nft-multi iptables"
+    );
+    let script = format!(
+        "set -e; brctl addbr br0; ip link add v0 type veth; brctl addif br0 v0; \
+         tunctl -t tap9 >/dev/null; ip link set br0 up; \
+         {iptables} -t nat -A POSTROUTING -s 10.99.0.0/24 -j MASQUERADE; \
+         {iptables} -t nat -A PREROUTING -p tcp --dport 81 -j DNAT --to-destination 10.99.0.2:80; \
+         {iptables} -A FORWARD -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT; \
+         ip -o link show | cut -d' ' -f2; brctl show br0 | tail -n1 | tr '\\t' ' '; \
+         {iptables} -t nat -S; {iptables} -S FORWARD"
+    );
+    for handler in HANDLERS {
+        let mut config = pod_config(&format!("netadm-{handler}"), logs.path());
+        privileged_pod(&mut config);
+        let pod = cri
+            .run_pod(&config, handler)
+            .unwrap_or_else(|e| panic!("RunPodSandbox ({handler}): {e}"));
+        let mut cfg = container_config("netadm", &["sleep", "3600"]);
+        cfg.linux
+            .get_or_insert_with(Default::default)
+            .security_context
+            .get_or_insert_with(Default::default)
+            .privileged = true;
+        cfg.mounts = vec![v1::Mount {
+            container_path: "/host/usr".into(),
+            host_path: "/usr".into(),
+            readonly: true,
+            ..Default::default()
+        }];
+        let id = cri
+            .start_container(&pod, &config, cfg)
+            .unwrap_or_else(|e| panic!("{handler}: {e}"));
+        let (code, out, err) = cri.exec_sync(&id, &["sh", "-c", &script]);
+        assert_eq!(code, 0, "{handler}: {out}\n{err}");
+        for want in [
+            "br0:",
+            "v0@veth0:",
+            "tap9:",
+            "v0",
+            "-A POSTROUTING -s 10.99.0.0/24 -j MASQUERADE",
+            "-A PREROUTING -p tcp -m tcp --dport 81 -j DNAT --to-destination 10.99.0.2:80",
+            "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        ] {
+            assert!(out.contains(want), "{handler}: no {want:?} in\n{out}");
+        }
+        cri.remove_pod(&pod).expect("removing the pod");
+    }
+}
