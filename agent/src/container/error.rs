@@ -26,8 +26,6 @@ pub enum ContainerError {
     Runtime {
         context: String,
         source: libcontainer::error::LibcontainerError,
-        /// What libcontainer's child processes logged as errors (`child_errors`).
-        child: String,
     },
     #[error("{0}")]
     Other(String),
@@ -43,24 +41,20 @@ impl ContainerError {
         context: impl Into<String>,
     ) -> impl FnOnce(libcontainer::error::LibcontainerError) -> Self {
         let context = context.into();
-        move |source| ContainerError::Runtime {
-            context,
-            source,
-            child: String::new(),
-        }
+        move |source| ContainerError::Runtime { context, source }
     }
 
-    /// [`Self::runtime`] with the errors the child processes logged (`child_errors::capture`).
+    /// [`Self::runtime`] with the errors the child processes logged (`child_errors::capture`),
+    /// which libcontainer's own error leaves out.
     pub fn runtime_in_child(
         context: impl Into<String>,
         child: String,
     ) -> impl FnOnce(libcontainer::error::LibcontainerError) -> Self {
-        let context = context.into();
-        move |source| ContainerError::Runtime {
-            context,
-            source,
-            child,
+        let mut context = context.into();
+        if !child.is_empty() {
+            context = format!("{context} (in the container's process: {child})");
         }
+        move |source| ContainerError::Runtime { context, source }
     }
 
     pub fn code(&self) -> Code {
@@ -86,13 +80,6 @@ impl From<ContainerError> for ttrpc::Error {
                 msg.push_str(&s);
             }
             src = s_source(src);
-        }
-        if let ContainerError::Runtime { child, .. } = &e {
-            if !child.is_empty() {
-                msg.push_str(" (in the container's process: ");
-                msg.push_str(child);
-                msg.push(')');
-            }
         }
         ttrpc::Error::RpcStatus(ttrpc::get_status(e.code(), msg))
     }
