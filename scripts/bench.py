@@ -148,6 +148,9 @@ def main():
         # 2. breakdown of one start
         boots = [json.loads(sh(f"{ROOT}/target/release/myvm", "boot", "--json").stdout) for _ in range(min(RUNS, 3))]
         res["boot_ms"] = {k: stats([b[k] for b in boots]) for k in ("boot_to_agent_ready_ms", "agent_init_ms", "guest_uptime_at_query_ms")}
+        # The guest kernel's size: what building in bridge, veth, tun, nf_tables/iptables, conntrack
+        # and NAT (#15) costs, with the boot time above.
+        res["guest_kernel_mib"] = os.path.getsize(os.environ["MYVM_KERNEL"]) / 2**20
 
         # 3. memory of an idle pod
         sh(*ctr, "run", "-d", "--null-io", "--runtime", MYVM, IMAGE, "idle", "sleep", "1000")
@@ -203,6 +206,7 @@ def main():
     print()
     for k, v in r["boot_ms"].items():
         print(f"{'myvm boot: ' + k:48} {v['median']:10.0f} {v['min']:9.0f} {v['max']:9.0f}")
+    print(f"{'guest kernel (vmlinux) [MiB]':48} {r['guest_kernel_mib']:10.1f}")
     print(f"{'host PSS of one idle pod (shim+VMM+daemons) [MiB]':48} {r['pod_host_pss_mib']:10.1f}")
     print(f"{'  of which guest RAM touched (of 256 MiB) [MiB]':48} {r['guest_touched_mib']:10.1f}")
     dn = r["density"]
