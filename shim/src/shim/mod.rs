@@ -3,6 +3,7 @@
 //! through the same shim (containerd is given the same address); a plain `ctr run` container is
 //! its own sandbox.
 
+mod events;
 pub mod io;
 pub mod metrics;
 pub mod mounts;
