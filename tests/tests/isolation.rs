@@ -538,15 +538,18 @@ fn fork_bomb_stays_in_its_pids_limit_beside_a_second_pod() {
     }
 }
 
+/// A container id unique to this test process.
 fn uid(name: &str) -> String {
     format!("iso-{name}-{}", std::process::id())
 }
 
+/// The value of a `key=value` line of a script's output.
 fn value<'a>(out: &'a str, key: &str) -> Option<&'a str> {
     out.lines()
         .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
 }
 
+/// The exit code a script printed as `key=<code>`.
 fn code(out: &str, key: &str) -> i32 {
     value(out, key)
         .and_then(|v| v.trim().parse().ok())

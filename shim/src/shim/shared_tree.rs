@@ -112,11 +112,12 @@ impl SharedTree {
         let mut cm = ContainerMounts {
             id: id.into(),
             tree: self.path.clone(),
+            under,
             view_dir: None,
             mounted: Vec::new(),
             rootfs_top: None,
         };
-        let dir = sys::open_beneath(under.as_fd(), id, libc::O_PATH | libc::O_DIRECTORY)
+        let dir = sys::open_beneath(cm.under.as_fd(), id, libc::O_PATH | libc::O_DIRECTORY)
             .map_err(here("open"))?;
         for sub in [ROOTFS, MOUNTS_DIR] {
             sys::mkdirat(dir.as_fd(), sub, 0o755).map_err(here("mkdir in"))?;
@@ -145,6 +146,9 @@ impl SharedTree {
 pub struct ContainerMounts {
     id: String,
     tree: PathBuf,
+    /// The host-writable directory underneath the view (see [`open_under`]), where the mount
+    /// points are made and removed.
+    under: OwnedFd,
     view_dir: Option<OwnedFd>,
     /// The root of every mount made, in order.
     mounted: Vec<OwnedFd>,
@@ -210,9 +214,8 @@ impl ContainerMounts {
         let tree = sys::open_tree_clone(source, true).map_err(src_err)?;
         let is_dir = sys::is_dir(tree.as_fd()).map_err(self.err("stat", &sub))?;
         // The mount point, made on the host side (the guest's view is read-only).
-        let under = open_under(&self.tree).map_err(self.err("opening the host side of", &sub))?;
         let mounts = sys::open_beneath(
-            under.as_fd(),
+            self.under.as_fd(),
             &format!("{}/{MOUNTS_DIR}", self.id),
             libc::O_PATH | libc::O_DIRECTORY,
         )
@@ -248,9 +251,7 @@ impl Drop for ContainerMounts {
             }
         }
         self.view_dir = None;
-        if let Ok(under) = open_under(&self.tree) {
-            sys::remove_all_at(under.as_fd(), &self.id, 0);
-        }
+        sys::remove_all_at(self.under.as_fd(), &self.id, 0);
     }
 }
 
@@ -300,8 +301,7 @@ pub fn cleanup_dead(path: &Path, sandbox_id: &str, container_id: &str) {
         return;
     }
     if sandbox_id == container_id {
-        detach_view(path);
-        remove_skeleton(path);
+        SharedTree { path: path.into() }.remove();
         return;
     }
     let Ok(view) = open_view(path) else {
