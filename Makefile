@@ -8,7 +8,7 @@ PREFIX ?= /usr/local
 # Paths of the guest image and the helper daemons, for tests, the demo and the benchmark.
 ENV := set -a; . build/image.env; . build/tools.env; MYVM_VMM=$(CURDIR)/target/release/myvm-vmm; set +a;
 
-.PHONY: build deps image test demo bench lint fmt install clean fuzz
+.PHONY: build deps image l1 test demo bench lint fmt install clean fuzz
 
 ## deps: Debian packages + cargo-installed vhost-user daemons (cached machine-wide)
 deps: build/tools.env
@@ -24,8 +24,13 @@ image: deps
 build: deps
 	$(CARGO) build --release --locked --workspace --exclude myvm-agent
 
-## test: unit tests, then end-to-end tests with real microVMs, containerd and daemons
-test: image build
+## l1: the L1 test VM of the nested-KVM tier (kernel with KVM and SVM cached; root from this tree)
+l1: image build
+	l1-image/build-l1.sh
+
+## test: unit tests, then end-to-end tests with real microVMs, containerd and daemons, and the
+## L1 tier (myvm on KVM inside a VM with emulated AMD SVM)
+test: image build l1
 	$(CARGO) test --release --locked -p myvm-agent
 	@scripts/leftovers.sh snapshot build/leftovers.before
 	$(ENV) $(CARGO) test --release --locked --workspace --exclude myvm-agent --no-fail-fast -- --include-ignored --test-threads=2; \
@@ -40,7 +45,7 @@ demo: image build
 	$(ENV) scripts/demo.sh
 
 ## bench: start latency and memory, myvm vs runc and builtin vs QEMU, side by side
-bench: image build
+bench: image build l1
 	$(ENV) python3 scripts/bench.py
 
 ## install: binaries, guest image, default config

@@ -4,7 +4,10 @@
 # machine-wide, keyed by a hash of its inputs (kernel source package version, fragment, patches,
 # this script), so a rebuild only happens when one changes.
 #
-# Usage: build-kernel.sh            -> prints the path of the cached kernel directory
+# Usage: build-kernel.sh        -> prints the path of the cached guest kernel directory (vmlinux)
+#        build-kernel.sh --l1   -> the same for the L1 test kernel (bzImage): the guest's fragment
+#                                  plus ../l1-image/kernel.fragment (KVM, KVM_AMD, ACPI, 2 UARTs),
+#                                  the kernel of the nested-KVM test tier (docs/vmm.md)
 # Env:   MYVM_CACHE (default /var/cache/myvm), MYVM_JOBS (default nproc)
 set -euo pipefail
 
@@ -13,21 +16,33 @@ cache=${MYVM_CACHE:-/var/cache/myvm}
 jobs=${MYVM_JOBS:-$(nproc)}
 tarball=/usr/src/linux-source-6.1.tar.xz
 
+fragments=("$here/kernel.fragment") image=vmlinux name=kernel
+if [ "${1:-}" = --l1 ]; then
+    fragments+=("$here/../l1-image/kernel.fragment") image=bzImage name=l1-kernel
+fi
+
 [ -f "$tarball" ] || { echo "build-kernel: $tarball missing (apt-get install linux-source-6.1)" >&2; exit 1; }
 srcver=$(dpkg-query -W -f='${Version}' linux-source-6.1)
-key=$( { echo "$srcver"; cat "$here/kernel.fragment" "$here/build-kernel.sh" "$here"/patches/*.patch; } | sha256sum | cut -c1-16)
-out="$cache/kernel-$key"
+key=$( { echo "$srcver"; cat "${fragments[@]}" "$here/build-kernel.sh" "$here"/patches/*.patch; } | sha256sum | cut -c1-16)
+out="$cache/$name-$key"
 
-if [ -f "$out/vmlinux" ] && [ -f "$out/release" ]; then
+if [ -f "$out/$image" ] && [ -f "$out/release" ]; then
     echo "$out"
     exit 0
 fi
 
 mkdir -p "$cache"
-work=$(mktemp -d "$cache/kernel-build.XXXXXX")
+work=$(mktemp -d "$cache/$name-build.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 start=$(date +%s)
-echo "build-kernel: building linux $srcver (key $key) in $work, this takes 10-15 min on 2 cores" >&2
+echo "build-kernel: building linux $srcver $image (key $key) in $work, this takes 10-15 min on 2 cores" >&2
+# The fragments merged into one: a later fragment's line for an option replaces an earlier one's.
+fragment="$work/fragment"
+cat "${fragments[@]}" | awk '
+    /^CONFIG_/ { opt = $0; sub(/=.*/, "", opt) }
+    /^# CONFIG_.* is not set/ { opt = $2 }
+    /^CONFIG_|^# CONFIG_.* is not set/ { if (!(opt in at)) order[++n] = opt; at[opt] = $0; next }
+    END { for (i = 1; i <= n; i++) print at[order[i]] }' > "$fragment"
 tar -C "$work" -xf "$tarball"
 src="$work/linux-source-6.1"
 cd "$src"
@@ -35,7 +50,7 @@ for p in "$here"/patches/*.patch; do
     patch -p1 --forward --quiet < "$p" >&2 || { echo "build-kernel: $p does not apply" >&2; exit 1; }
 done
 make -s ARCH=x86_64 tinyconfig >&2
-./scripts/kconfig/merge_config.sh -m .config "$here/kernel.fragment" >&2
+./scripts/kconfig/merge_config.sh -m .config "$fragment" >&2
 make -s ARCH=x86_64 olddefconfig >&2
 
 # Every option the fragment asks for must have survived olddefconfig (a missing dependency drops it),
@@ -50,20 +65,23 @@ while IFS= read -r line; do
         opt=${line#\# }; opt=${opt%% *}
         if grep -q -- "^$opt=" .config; then echo "build-kernel: fragment turns off $opt, .config has: $(grep -- "^$opt=" .config)" >&2; missing=1; fi ;;
     esac
-done < "$here/kernel.fragment"
+done < "$fragment"
 [ "$missing" = 0 ] || exit 1
 
-make -s ARCH=x86_64 -j"$jobs" vmlinux >&2
+make -s ARCH=x86_64 -j"$jobs" "$image" >&2
 release=$(make -s ARCH=x86_64 kernelrelease)
-strip --strip-debug -o vmlinux.stripped vmlinux
 
-tmpout=$(mktemp -d "$cache/kernel-out.XXXXXX")
-cp vmlinux.stripped "$tmpout/vmlinux"
+tmpout=$(mktemp -d "$cache/$name-out.XXXXXX")
+if [ "$image" = vmlinux ]; then
+    strip --strip-debug -o "$tmpout/vmlinux" vmlinux
+else
+    cp arch/x86/boot/bzImage "$tmpout/bzImage"
+fi
 cp .config "$tmpout/config"
 echo "$release" > "$tmpout/release"
 echo "$(( $(date +%s) - start ))" > "$tmpout/build-seconds"
 rm -rf "$out"
 mv "$tmpout" "$out"
 chmod 755 "$out"
-echo "build-kernel: done in $(cat "$out/build-seconds") s: $out/vmlinux ($release)" >&2
+echo "build-kernel: done in $(cat "$out/build-seconds") s: $out/$image ($release)" >&2
 echo "$out"

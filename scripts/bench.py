@@ -11,6 +11,9 @@ written as JSON (build/bench.json).
   4. density: K pods started at once, total time and host PSS
   5. stdio throughput: MiB/s of a 64 MiB stream from a container to the host
   6. builtin VMM vs QEMU on this /dev/kvm: start to first KVM_RUN and VMM RSS (vmm/examples/bench.rs)
+  7. L1 nested KVM (`make l1`; tests/l1/bench.sh inside the L1 VM, whose CPU is TCG emulating AMD
+     SVM): builtin vs QEMU-KVM boot to agent READY, `ctr run --rm true` builtin vs qemu vs runc,
+     VMM RSS and pod PSS, all side by side in one L1 run
 Env: BENCH_RUNS (default 5), BENCH_PODS (default 4).
 """
 import json, os, statistics, subprocess, sys, tempfile, time
@@ -194,6 +197,13 @@ def main():
                          cwd=ROOT, capture_output=True, text=True)
     res["vmm_vs_qemu"] = vmm.stdout.strip() or vmm.stderr.strip()[-2000:]
 
+    # 7. inside L1
+    l1 = subprocess.run([f"{ROOT}/target/release/myvm-l1", f"sh /opt/myvm-tests/bench.sh {RUNS}"],
+                        capture_output=True, text=True)
+    res["l1"] = {k: float(v) for _, k, v in (l.split() for l in l1.stdout.splitlines() if l.startswith("BENCH "))}
+    if l1.returncode != 0:
+        res["l1_error"] = l1.stderr.strip()[-2000:]
+
     r = res
     m, c = r["ctr_run_s"]["myvm"], r["ctr_run_s"]["runc"]
     print(f"\n{'measure':48} {'median':>10} {'min':>9} {'max':>9}")
@@ -214,6 +224,16 @@ def main():
     print(f"{f'density: host PSS of {PODS} pods [MiB]':48} {dn['host_pss_mib']:10.1f}")
     print(f"{'stdio: 64 MiB container->host incl. start [MiB/s]':48} {r['stdio']['mib_s_incl_start']:10.1f}")
     print("\nbuiltin VMM vs QEMU on this /dev/kvm:\n" + r["vmm_vs_qemu"])
+    print(f"\nL1 nested KVM (myvm on KVM inside a TCG VM emulating AMD SVM; medians of {RUNS}; see docs/performance.md):")
+    l = r["l1"]
+    rows = [("myvm boot: VMM start -> agent READY [ms]", "boot_ms"), ("ctr run --rm true [s]", "ctr_run_s"),
+            ("VMM RSS of an idle pod [MiB]", "vmm_rss_mib"), ("host PSS of an idle pod [MiB]", "pod_pss_mib")]
+    print(f"{'measure':48} {'builtin':>10} {'qemu-kvm':>9} {'runc':>9}")
+    for label, key in rows:
+        cells = [f"{l[f'{key}_{b}']:.2f}" if f"{key}_{b}" in l else "-" for b in ("builtin", "qemu", "runc")]
+        print(f"{label:48} {cells[0]:>10} {cells[1]:>9} {cells[2]:>9}")
+    if "l1_error" in r:
+        print("L1 section failed:\n" + r["l1_error"])
     os.makedirs(f"{ROOT}/build", exist_ok=True)
     with open(f"{ROOT}/build/bench.json", "w") as f:
         json.dump(res, f, indent=2)

@@ -91,7 +91,7 @@ stop)
         ip link del "$(cat "$dir/cni-bridge")" 2>/dev/null || true
     fi
     # containerd leaves its root mounted in places (shm, sandboxes): unmount what is below DIR.
-    grep -o " $dir/[^ ]*" /proc/self/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+    { grep -o " $dir/[^ ]*" /proc/self/mounts || true; } | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
     ;;
 *) echo "usage: $0 start|stop|restart DIR" >&2; exit 2 ;;
 esac

@@ -100,6 +100,7 @@ pub mod containerd;
 pub mod cri;
 pub mod events;
 pub mod guest;
+pub mod l1;
 pub mod pods;
 pub mod portforward;
 

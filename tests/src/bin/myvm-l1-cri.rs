@@ -1,0 +1,126 @@
+//! The CRI part of the L1 tier (tests/tests/l1.rs), run inside the L1 VM where no Rust test
+//! harness runs: `myvm-l1-cri <containerd socket> <log dir>` plays the kubelet against that
+//! containerd with runtime handler `myvm`. One pod, two containers in one VM; the pod's IP reached
+//! from the node; a read-write and a read-only volume over virtio-fs; the VMM's jail; the pod
+//! removed. Prints a line per check and panics (exit 101) on the first that fails.
+
+use std::{
+    io::{Read, Write},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use myvm_tests::cri::{container_config, pod_config, v1, Cri};
+
+fn http_get(ip: &str, port: u16) -> String {
+    let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            let mut body = String::new();
+            s.read_to_string(&mut body)?;
+            Ok(body)
+        })();
+        match attempt {
+            Ok(body) => return body,
+            Err(e) if Instant::now() > deadline => panic!("GET {addr}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(300)),
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, socket, logs] = &args[..] else {
+        panic!("usage: myvm-l1-cri <containerd socket> <log dir>");
+    };
+    let (socket, logs) = (Path::new(socket), Path::new(logs));
+    let t = Instant::now();
+    let mut cri = Cri::connect(socket);
+    let vol = logs.join("vol");
+    std::fs::create_dir_all(&vol).unwrap();
+    std::fs::write(vol.join("index.html"), "hello-from-l1-pod\n").unwrap();
+    let secret = logs.join("token");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+
+    let pod_cfg = pod_config("l1-pod", logs);
+    let pod = cri.run_pod(&pod_cfg, "myvm").expect("RunPodSandbox");
+    println!("ok: pod {pod} running ({:.1} s)", t.elapsed().as_secs_f64());
+
+    let mut web = container_config("web", &["httpd", "-f", "-p", "8080", "-h", "/srv"]);
+    web.mounts = vec![
+        v1::Mount {
+            container_path: "/srv".into(),
+            host_path: vol.display().to_string(),
+            ..Default::default()
+        },
+        v1::Mount {
+            container_path: "/var/run/secrets/token".into(),
+            host_path: secret.display().to_string(),
+            readonly: true,
+            ..Default::default()
+        },
+    ];
+    let web = cri.start_container(&pod, &pod_cfg, web).expect("web");
+    let side = cri
+        .start_container(&pod, &pod_cfg, container_config("side", &["sleep", "3600"]))
+        .expect("side");
+    println!(
+        "ok: two containers started ({:.1} s)",
+        t.elapsed().as_secs_f64()
+    );
+
+    // One VM: both containers see the same guest kernel instance, not the node's.
+    let boot = |cri: &mut Cri, id: &str| cri.sh(id, "cat /proc/sys/kernel/random/boot_id");
+    let node = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let (a, b) = (boot(&mut cri, &web), boot(&mut cri, &side));
+    assert_eq!(a, b, "the pod's containers run in different kernels");
+    assert_ne!(a, node.trim(), "the container runs in the node's kernel");
+    println!("ok: both containers in one VM (boot id {a})");
+
+    // Pod networking: the tap's fd is in the VMM; the node reaches the pod's IP.
+    let ip = cri.pod_status(&pod).network.expect("pod network").ip;
+    let body = http_get(&ip, 8080);
+    assert!(body.contains("hello-from-l1-pod"), "{body}");
+    println!("ok: node reached the pod at {ip}:8080");
+
+    // Volumes over virtio-fs: read-write both ways; read-only stays so.
+    cri.sh(&web, "echo from-container > /srv/out");
+    assert_eq!(
+        std::fs::read_to_string(vol.join("out")).unwrap(),
+        "from-container\n"
+    );
+    assert_eq!(cri.sh(&web, "cat /var/run/secrets/token"), "s3cret");
+    let (code, _, _) = cri.exec_sync(&web, &["sh", "-c", "echo x > /var/run/secrets/token"]);
+    assert_ne!(code, 0, "a read-only volume was writable");
+    assert_eq!(std::fs::read_to_string(&secret).unwrap(), "s3cret\n");
+    println!("ok: read-write and read-only volumes");
+
+    // The VMM runs jailed.
+    let vmms: Vec<u32> = myvm_tests::containerd::processes()
+        .into_iter()
+        .filter(|(_, _, cmd)| {
+            let exe = cmd.split(' ').next().unwrap_or("");
+            exe.ends_with("myvm-vmm") || exe.ends_with("qemu-system-x86_64")
+        })
+        .map(|(pid, _, _)| pid)
+        .collect();
+    assert_eq!(vmms.len(), 1, "one VM for the pod: {vmms:?}");
+    myvm_tests::assert_jailed(vmms[0]);
+    println!("ok: VMM {} jailed", vmms[0]);
+
+    cri.stop_container(&side, 0).expect("StopContainer");
+    cri.remove_pod(&pod).expect("remove pod");
+    assert!(
+        myvm_tests::containerd::myvm_processes().is_empty(),
+        "left running: {:?}",
+        myvm_tests::containerd::myvm_processes()
+    );
+    println!(
+        "ok: pod removed, nothing of it runs ({:.1} s)",
+        t.elapsed().as_secs_f64()
+    );
+}
