@@ -4,7 +4,7 @@
 # `BENCH <key> <value>` lines: medians of RUNS runs (default 3).
 #   boot_ms_<backend>      `myvm boot --json`: VMM start -> agent READY
 #   ctr_run_s_<runtime>    `ctr run --rm true`, runs alternated
-#   vmm_rss_mib_<backend>  VmRSS of the VMM of an idle pod
+#   vmm_rss_mib_<backend>  VmRSS of the VMM of an idle pod (guest RAM it touched included)
 #   pod_pss_mib_<backend>  PSS of the shim and everything under it (VMM, daemons), same pod
 set -eu
 runs=${1:-3}
@@ -41,9 +41,9 @@ for rt in builtin qemu runc; do
 done
 
 pss_kib() { awk '/^Pss:/ {s += $2} END {print s + 0}' /proc/$1/smaps_rollup 2>/dev/null || echo 0; }
-tree() { # tree PID: PID and its descendants
-    echo "$1"
-    for c in $(cat /proc/$1/task/*/children 2>/dev/null); do tree "$c"; done
+tree() { # tree PID: PID and its descendants (L1's kernel has no /proc/<pid>/task/*/children)
+    ps -o pid,ppid | awk -v root="$1" 'NR > 1 {parent[$1] = $2}
+        END {for (p in parent) for (q = p; q != ""; q = parent[q]) if (q == root) {print p; break}}'
 }
 for b in builtin qemu; do
     ctr -a /tmp/bench-$b/containerd.sock run -d --null-io --runtime io.containerd.myvm.v2 localhost/busybox:latest idle sleep 1000
