@@ -17,9 +17,11 @@ jobs=${MYVM_JOBS:-$(nproc)}
 tarball=/usr/src/linux-source-6.1.tar.xz
 
 fragments=("$here/kernel.fragment") image=vmlinux name=kernel
-if [ "${1:-}" = --l1 ]; then
-    fragments+=("$here/../l1-image/kernel.fragment") image=bzImage name=l1-kernel
-fi
+case "${1:-}" in
+"") ;;
+--l1) fragments+=("$here/../l1-image/kernel.fragment") image=bzImage name=l1-kernel ;;
+*) echo "usage: $0 [--l1]" >&2; exit 2 ;;
+esac
 
 [ -f "$tarball" ] || { echo "build-kernel: $tarball missing (apt-get install linux-source-6.1)" >&2; exit 1; }
 srcver=$(dpkg-query -W -f='${Version}' linux-source-6.1)
@@ -33,7 +35,8 @@ fi
 
 mkdir -p "$cache"
 work=$(mktemp -d "$cache/$name-build.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+tmpout=
+trap 'rm -rf "$work" ${tmpout:+"$tmpout"}' EXIT
 start=$(date +%s)
 echo "build-kernel: building linux $srcver $image (key $key) in $work, this takes 10-15 min on 2 cores" >&2
 # The fragments merged into one: a later fragment's line for an option replaces an earlier one's.
@@ -82,6 +85,7 @@ echo "$release" > "$tmpout/release"
 echo "$(( $(date +%s) - start ))" > "$tmpout/build-seconds"
 rm -rf "$out"
 mv "$tmpout" "$out"
+tmpout=
 chmod 755 "$out"
 echo "build-kernel: done in $(cat "$out/build-seconds") s: $out/$image ($release)" >&2
 echo "$out"

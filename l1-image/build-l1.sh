@@ -50,7 +50,11 @@ install -m 0644 "$MYVM_KERNEL" "$r/usr/local/share/myvm/vmlinux"
 install -m 0644 "$MYVM_INITRD" "$r/usr/local/share/myvm/initramfs.cpio"
 cp -L /usr/share/qemu/qboot.rom /usr/share/qemu/bios-microvm.bin "$r/usr/share/qemu/"
 
-ldd "${elfs[@]}" 2>/dev/null | grep -o '/[^ ]*\.so[^ ]*' | sort -u | while read -r lib; do
+for elf in "${elfs[@]}"; do
+    deps=$(ldd "$elf" 2>&1) || { echo "$deps" | grep -q "not a dynamic executable" && continue; echo "build-l1: ldd $elf: $deps" >&2; exit 1; }
+    if echo "$deps" | grep -q "not found"; then echo "build-l1: $elf: $deps" >&2; exit 1; fi
+    echo "$deps" | grep -o '/[^ ]*\.so[^ ]*' || true
+done | sort -u | while read -r lib; do
     cp -L --parents "$lib" "$r"
 done
 

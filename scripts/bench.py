@@ -200,9 +200,19 @@ def main():
     # 7. inside L1
     l1 = subprocess.run([f"{ROOT}/target/release/myvm-l1", f"sh /opt/myvm-tests/bench.sh {RUNS}"],
                         capture_output=True, text=True)
-    res["l1"] = {k: float(v) for _, k, v in (l.split() for l in l1.stdout.splitlines() if l.startswith("BENCH "))}
+    res["l1"] = {}
+    for line in l1.stdout.splitlines():
+        f = line.split()
+        if len(f) == 3 and f[0] == "BENCH":
+            try:
+                res["l1"][f[1]] = float(f[2])
+            except ValueError:
+                pass
     if l1.returncode != 0:
         res["l1_error"] = l1.stderr.strip()[-2000:]
+    os.makedirs(f"{ROOT}/build", exist_ok=True)
+    with open(f"{ROOT}/build/bench.json", "w") as f:
+        json.dump(res, f, indent=2)
 
     r = res
     m, c = r["ctr_run_s"]["myvm"], r["ctr_run_s"]["runc"]

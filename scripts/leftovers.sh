@@ -36,6 +36,7 @@ snapshot)
     fi
     ;;
 check)
+    [ -r "$file" ] || { echo "leftovers: no snapshot $file (run \`$0 snapshot $file\` first)" >&2; exit 2; }
     mapfile -t left < <(comm -13 "$file" <(state | sort))
     if [ ${#left[@]} -gt 0 ]; then
         echo "leftovers after the test suite:" >&2

@@ -9,14 +9,15 @@
 set -eu
 runs=${1:-3}
 now() { cut -d' ' -f1 /proc/uptime; }
-median() { sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+# median KEY: the median of the numbers on stdin as a BENCH line; nothing if there are none.
+median() { sort -n | awk -v k="$1" '/^[0-9.]+$/ {v[++n] = $1} END {if (n) print "BENCH " k " " v[int((n + 1) / 2)]}'; }
 sed 's/^backend = .*/backend = "builtin"/' /etc/myvm/config.toml > /etc/myvm/builtin.toml
 sed 's/^backend = .*/backend = "qemu"/' /etc/myvm/config.toml > /etc/myvm/qemu.toml
 
 for b in builtin qemu; do
     for i in $(seq "$runs"); do
         myvm boot --backend "$b" --json | sed -n 's/.*"boot_to_agent_ready_ms": *\([0-9.]*\).*/\1/p'
-    done | median | sed "s/^/BENCH boot_ms_$b /"
+    done | median "boot_ms_$b"
 done
 
 for b in builtin qemu; do
@@ -25,10 +26,13 @@ for b in builtin qemu; do
 done
 trap 'for b in builtin qemu; do /opt/myvm-tests/containerd-private.sh stop /tmp/bench-$b; done' EXIT
 
-run() { # run SOCKDIR RUNTIME NAME: seconds of one `ctr run --rm true`
+run() { # run SOCKDIR RUNTIME NAME: seconds of one `ctr run --rm true` ("failed" if it fails)
     t=$(now)
-    ctr -a "$1/containerd.sock" run --rm --null-io --runtime "$2" localhost/busybox:latest "$3" true
-    echo "$(now) $t" | awk '{printf "%.2f\n", $1 - $2}'
+    if ctr -a "$1/containerd.sock" run --rm --null-io --runtime "$2" localhost/busybox:latest "$3" true >&2; then
+        echo "$(now) $t" | awk '{printf "%.2f\n", $1 - $2}'
+    else
+        echo failed
+    fi
 }
 : > /tmp/bench-runs
 for i in $(seq "$runs"); do
@@ -37,7 +41,7 @@ for i in $(seq "$runs"); do
     echo "runc $(run /tmp/bench-builtin io.containerd.runc.v2 r$i)" >> /tmp/bench-runs
 done
 for rt in builtin qemu runc; do
-    awk -v rt=$rt '$1 == rt {print $2}' /tmp/bench-runs | median | sed "s/^/BENCH ctr_run_s_$rt /"
+    awk -v rt=$rt '$1 == rt {print $2}' /tmp/bench-runs | median "ctr_run_s_$rt"
 done
 
 pss_kib() { awk '/^Pss:/ {s += $2} END {print s + 0}' /proc/$1/smaps_rollup 2>/dev/null || echo 0; }
@@ -52,10 +56,10 @@ for b in builtin qemu; do
     pss=0
     for p in $(tree "$shim"); do pss=$((pss + $(pss_kib "$p"))); done
     if [ $b = builtin ]; then vmm=$(pidof myvm-vmm); else vmm=$(pidof qemu-system-x86_64); fi
-    echo "BENCH vmm_rss_mib_$b $(awk '/^VmRSS:/ {printf "%.1f", $2 / 1024}' /proc/$vmm/status)"
-    echo "BENCH pod_pss_mib_$b $(echo $pss | awk '{printf "%.1f", $1 / 1024}')"
-    ctr -a /tmp/bench-$b/containerd.sock task kill -s SIGKILL idle
-    sleep 2
-    ctr -a /tmp/bench-$b/containerd.sock task rm idle > /dev/null 2>&1 || true
-    ctr -a /tmp/bench-$b/containerd.sock container rm idle
+    if [ -n "$vmm" ]; then
+        echo "BENCH vmm_rss_mib_$b $(awk '/^VmRSS:/ {printf "%.1f", $2 / 1024}' /proc/$vmm/status)"
+        echo "BENCH pod_pss_mib_$b $(echo $pss | awk '{printf "%.1f", $1 / 1024}')"
+    fi
+    ctr -a /tmp/bench-$b/containerd.sock task rm -f idle > /dev/null 2>&1 || true
+    ctr -a /tmp/bench-$b/containerd.sock container rm idle || true
 done

@@ -92,15 +92,26 @@ impl L1 {
                     .map_err(std::io::Error::from)
             });
         }
-        let qemu = cmd.spawn().expect("qemu-system-x86_64");
+        let mut qemu = cmd.spawn().expect("qemu-system-x86_64");
         let t = Instant::now();
         let stream = loop {
             match UnixStream::connect(&sock) {
                 Ok(s) => break s,
-                Err(_) if t.elapsed() < Duration::from_secs(10) => {
+                Err(e) => {
+                    let exited = qemu.try_wait().ok().flatten();
+                    if exited.is_some() || t.elapsed() > Duration::from_secs(10) {
+                        let _ = qemu.kill();
+                        let _ = qemu.wait();
+                        let log = std::fs::read_to_string(dir.path().join("qemu.log"))
+                            .unwrap_or_default();
+                        panic!(
+                            "L1's control socket {}: {e} (QEMU {}): {log}",
+                            sock.display(),
+                            exited.map_or("still running".into(), |s| s.to_string())
+                        );
+                    }
                     std::thread::sleep(Duration::from_millis(50))
                 }
-                Err(e) => panic!("L1's control socket {}: {e}", sock.display()),
             }
         };
         let mut l1 = L1 {
@@ -128,6 +139,23 @@ impl L1 {
         std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
     }
 
+    /// The line of L1's console that shows its own kernel crashed, if it did. Under the emulated
+    /// SVM, L1's kernel occasionally oopses while it runs a guest (a fault of the emulation,
+    /// seen about once in ten runs of the tier); callers retry those in a fresh L1.
+    pub fn crash(&self) -> Option<String> {
+        const SIGNS: [&str; 5] = [
+            "Kernel panic",
+            "Oops:",
+            "BUG: ",
+            "double fault",
+            "general protection fault",
+        ];
+        self.console()
+            .lines()
+            .find(|l| SIGNS.iter().any(|s| l.contains(s)))
+            .map(str::to_string)
+    }
+
     /// Reads lines from the control channel into `out` until `done` matches one (which is not
     /// added); an error after `timeout` or if L1 goes away.
     fn read_until(
@@ -137,20 +165,22 @@ impl L1 {
         mut done: impl FnMut(&str) -> bool,
     ) -> Result<String, String> {
         let deadline = Instant::now() + timeout;
+        // Bytes of a line not yet ended: read_until keeps them in `line` across timeouts.
         let mut line = Vec::new();
+        let partial = |out: &str, line: &[u8]| format!("{out}{}", String::from_utf8_lossy(line));
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(format!(
-                    "timed out after {timeout:?}; output so far:\n{out}"
+                    "timed out after {timeout:?}; output so far:\n{}",
+                    partial(out, &line)
                 ));
             }
             self.ctl.get_ref().set_read_timeout(Some(left)).unwrap();
-            line.clear();
             match self.ctl.read_until(b'\n', &mut line) {
-                Ok(0) => return Err(format!("L1 closed its control channel; output:\n{out}")),
                 Ok(_) if line.ends_with(b"\n") => {
-                    let text = String::from_utf8_lossy(&line);
+                    let text = String::from_utf8_lossy(&line).into_owned();
+                    line.clear();
                     let text = text.trim_end_matches(['\n', '\r']);
                     if done(text) {
                         return Ok(text.to_string());
@@ -159,8 +189,12 @@ impl L1 {
                     out.push_str(text);
                     out.push('\n');
                 }
-                // A partial line at the timeout: keep it, the loop ends on the deadline.
-                Ok(_) => out.push_str(&String::from_utf8_lossy(&line)),
+                Ok(_) => {
+                    return Err(format!(
+                        "L1 closed its control channel; output:\n{}",
+                        partial(out, &line)
+                    ))
+                }
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -194,8 +228,14 @@ impl L1 {
             .write_all(msg.as_bytes())
             .map_err(|e| format!("writing to L1's control channel: {e}"))?;
         let mut output = String::new();
-        let end = self.read_until(timeout, &mut output, |l| l.starts_with(&marker))?;
-        let code = end[marker.len()..].trim().parse().unwrap_or(-1);
+        let end_of_job = format!("{marker} ");
+        let end = self.read_until(timeout, &mut output, |l| l.starts_with(&end_of_job))?;
+        let code = end[end_of_job.len()..].trim().parse().unwrap_or(-1);
+        // L1 starts the end line on a line of its own: drop the empty line that leaves after
+        // output that already ended with a newline.
+        if output.ends_with("\n\n") {
+            output.pop();
+        }
         Ok(Job { code, output })
     }
 }

@@ -114,8 +114,14 @@ fn main() {
 
     cri.stop_container(&side, 0).expect("StopContainer");
     cri.remove_pod(&pod).expect("remove pod");
+    // The shim and its children exit just after RemovePodSandbox returns.
+    let gone = || myvm_tests::containerd::myvm_processes().is_empty();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !gone() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert!(
-        myvm_tests::containerd::myvm_processes().is_empty(),
+        gone(),
         "left running: {:?}",
         myvm_tests::containerd::myvm_processes()
     );
