@@ -31,7 +31,7 @@ l1: image build
 ## test: unit tests, then end-to-end tests with real microVMs, containerd and daemons, and the
 ## L1 tier (myvm on KVM inside a VM with emulated AMD SVM)
 test: image build l1
-	$(CARGO) test --release --locked -p myvm-agent
+	$(CARGO) test --release --locked -p myvm-agent -- --include-ignored
 	@scripts/leftovers.sh snapshot build/leftovers.before
 	$(ENV) $(CARGO) test --release --locked --workspace --exclude myvm-agent --no-fail-fast -- --include-ignored --test-threads=2; \
 	  rc=$$?; scripts/leftovers.sh check build/leftovers.before || rc=1; exit $$rc

@@ -14,6 +14,8 @@ written as JSON (build/bench.json).
   7. L1 nested KVM (`make l1`; tests/l1/bench.sh inside the L1 VM, whose CPU is TCG emulating AMD
      SVM): builtin vs QEMU-KVM boot to agent READY, `ctr run --rm true` builtin vs qemu vs runc,
      VMM RSS and pod PSS, all side by side in one L1 run
+  8. memory given back (qemu/TCG): host PSS of a pod (`ctr run --memory-limit 1GiB`) idle, holding
+     400 MiB, and 10 s after freeing it (free page reporting)
 Env: BENCH_RUNS (default 5), BENCH_PODS (default 4).
 """
 import json, os, statistics, subprocess, sys, tempfile, time
@@ -180,6 +182,22 @@ def main():
             subprocess.run(ctr + ["task", "rm", f"pod{i}"], capture_output=True)
             subprocess.run(ctr + ["container", "rm", f"pod{i}"], capture_output=True)
 
+        # 8. memory given back: a 1 GiB container holds 400 MiB, then frees it
+        sh(*ctr, "run", "-d", "--null-io", "--runtime", MYVM, "--memory-limit", str(1 << 30), "--mount",
+           "type=tmpfs,src=none,dst=/big,options=size=600m", IMAGE, "fpr", "sleep", "1000")
+        time.sleep(2)
+        pod_pss = lambda: sum(pss_kib(p) for s in shims(sock) for p in descendants(s)) / 1024
+        fpr = {"idle_mib": pod_pss()}
+        sh(*ctr, "task", "exec", "--exec-id", "fill", "fpr", "dd", "if=/dev/zero", "of=/big/f", "bs=1M", "count=400")
+        fpr["holding_400_mib"] = pod_pss()
+        sh(*ctr, "task", "exec", "--exec-id", "free", "fpr", "rm", "/big/f")
+        time.sleep(10)
+        fpr["freed_10s_mib"] = pod_pss()
+        res["memory_given_back"] = fpr
+        sh(*ctr, "task", "kill", "-s", "KILL", "fpr"); time.sleep(1)
+        subprocess.run(ctr + ["task", "rm", "fpr"], capture_output=True)
+        subprocess.run(ctr + ["container", "rm", "fpr"], capture_output=True)
+
         # 5. stdio throughput
         t = time.monotonic()
         out = subprocess.run(ctr + ["run", "--rm", "--runtime", MYVM, IMAGE, "cat", "head", "-c", "67108864", "/dev/zero"],
@@ -233,6 +251,10 @@ def main():
     print(f"{f'density: {PODS} pods started at once [s]':48} {dn['start_all_s']:10.2f}   all started: {dn['all_started']}")
     print(f"{f'density: host PSS of {PODS} pods [MiB]':48} {dn['host_pss_mib']:10.1f}")
     print(f"{'stdio: 64 MiB container->host incl. start [MiB/s]':48} {r['stdio']['mib_s_incl_start']:10.1f}")
+    g = r["memory_given_back"]
+    print(f"{'pod PSS (qemu/tcg, 1 GiB limit): idle [MiB]':48} {g['idle_mib']:10.1f}")
+    print(f"{'  holding 400 MiB [MiB]':48} {g['holding_400_mib']:10.1f}")
+    print(f"{'  10 s after freeing it [MiB]':48} {g['freed_10s_mib']:10.1f}")
     print("\nbuiltin VMM vs QEMU on this /dev/kvm:\n" + r["vmm_vs_qemu"])
     print(f"\nL1 nested KVM (myvm on KVM inside a TCG VM emulating AMD SVM; medians of {RUNS}; see docs/performance.md):")
     l = r["l1"]

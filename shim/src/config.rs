@@ -6,6 +6,8 @@
 //! initrd = "/usr/local/share/myvm/initramfs.cpio"
 //! vcpus = 1
 //! memory_mib = 256
+//! max_vcpus = 0          # 0: 32, the VMMs' limit
+//! max_memory_mib = 0     # 0: the host's memory
 //! boot_timeout_s = 60
 //! log_level = "info"
 //! kernel_params = ""     # appended to the guest kernel's command line
@@ -28,6 +30,10 @@ pub struct Config {
     pub initrd: Option<PathBuf>,
     pub vcpus: u32,
     pub memory_mib: u32,
+    /// The most vCPUs a VM may get from what its pod or container asks (0: the VMMs' limit).
+    pub max_vcpus: u32,
+    /// The most memory a VM may get (0: the host's memory); a larger ask fails at create.
+    pub max_memory_mib: u32,
     pub boot_timeout_s: u64,
     pub log_level: String,
     /// Extra guest kernel command line parameters (`key=value` pairs the kernel does not know
@@ -43,6 +49,8 @@ impl Default for Config {
             initrd: None,
             vcpus: 1,
             memory_mib: 256,
+            max_vcpus: 0,
+            max_memory_mib: 0,
             boot_timeout_s: 60,
             log_level: "info".into(),
             kernel_params: String::new(),

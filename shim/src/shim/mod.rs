@@ -11,6 +11,7 @@ pub mod rootfs;
 pub mod sandbox;
 mod service;
 pub mod shared_tree;
+pub mod sizing;
 pub mod state;
 
 use std::{

@@ -9,7 +9,10 @@ use std::{
 
 use myvm_protocol::agent::{CreateSandboxRequest, GetEventsRequest, SharedMount};
 
-use super::shared_tree::{valid_id, ContainerMounts, SharedTree, SharedTreeError};
+use super::{
+    shared_tree::{valid_id, ContainerMounts, SharedTree, SharedTreeError},
+    sizing::Sizing,
+};
 use crate::{
     agent_client::AgentClient,
     assets::Assets,
@@ -68,6 +71,8 @@ pub fn volumes_dir(ns: &str, id: &str) -> PathBuf {
 
 pub struct Sandbox {
     pub id: String,
+    /// The VM's memory and vCPUs, as `sizing` decided at boot.
+    pub sizing: Sizing,
     vm: Mutex<Option<Vm>>,
     pub agent: AgentClient,
     pub uds: PathBuf,
@@ -104,42 +109,12 @@ impl HostSide {
     }
 }
 
-/// Guest memory and vCPUs for a sandbox: the config's defaults, or what the CRI annotations ask.
-pub fn sizing(
-    config: &Config,
-    annotations: &std::collections::HashMap<String, String>,
-) -> (u32, u32) {
-    let mut mem = config.memory_mib;
-    let mut vcpus = config.vcpus;
-    if let Some(bytes) = annotations
-        .get("io.kubernetes.cri.sandbox-memory")
-        .and_then(|v| v.parse::<u64>().ok())
-    {
-        if bytes > 0 {
-            // The pod's limit plus room for the guest kernel and agent.
-            mem = mem.max((bytes >> 20) as u32 + 128);
-        }
-    }
-    let quota = annotations
-        .get("io.kubernetes.cri.sandbox-cpu-quota")
-        .and_then(|v| v.parse::<i64>().ok());
-    let period = annotations
-        .get("io.kubernetes.cri.sandbox-cpu-period")
-        .and_then(|v| v.parse::<i64>().ok());
-    if let (Some(q), Some(p)) = (quota, period) {
-        if q > 0 && p > 0 {
-            vcpus = vcpus.max(((q + p - 1) / p) as u32);
-        }
-    }
-    (mem, vcpus.min(crate::hypervisor::MAX_VCPUS))
-}
-
 impl Sandbox {
     pub fn boot(
         ns: &str,
         id: &str,
         config: &Config,
-        annotations: &std::collections::HashMap<String, String>,
+        sizing: Sizing,
         hostname: &str,
         netns: Option<&Path>,
     ) -> anyhow::Result<Sandbox> {
@@ -169,7 +144,7 @@ impl Sandbox {
             }
         }
         let volumes_path = host.volumes.as_ref().map(|v| v.path().to_path_buf());
-        let (memory_mib, vcpus) = sizing(config, annotations);
+        let Sizing { memory_mib, vcpus } = sizing;
         // The pod's network (CRI: the netns CNI configured); none for a plain container.
         if let Some(path) = netns {
             match PodNetwork::setup(path) {
@@ -284,6 +259,7 @@ impl Sandbox {
         let serial_log = vm.serial_log().to_path_buf();
         Ok(Sandbox {
             id: id.to_string(),
+            sizing,
             uds: vm.vsock_uds().to_path_buf(),
             vm: Mutex::new(Some(vm)),
             agent,

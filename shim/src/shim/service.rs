@@ -22,6 +22,7 @@ use super::{
     sandbox::Sandbox,
     sandbox_id_of,
     shared_tree::check_id,
+    sizing,
     state::{now_ns, Ctr, Exit, Proc},
     Inner, Service, ANNOTATION_TYPE,
 };
@@ -99,6 +100,8 @@ impl Inner {
             return Ok(s.clone());
         }
         let config = self.sandbox_config(options)?;
+        let sizing = sizing::sizing(&config, sizing::Host::detect(), annotations, spec)
+            .map_err(|e| status(Code::INVALID_ARGUMENT, format!("myvm: {e}")))?;
         timing::mark(sid, "shim_started", self.started);
         let hostname = spec["hostname"].as_str().unwrap_or_default();
         let netns = spec_netns(spec);
@@ -107,7 +110,7 @@ impl Inner {
                 &self.namespace,
                 sid,
                 &config,
-                annotations,
+                sizing,
                 hostname,
                 netns.as_deref(),
             )
@@ -253,6 +256,10 @@ impl Task for Service {
         let sid = sandbox_id_of(&req.id, &annotations);
         check_id(&sid).map_err(|e| status(Code::INVALID_ARGUMENT, format!("myvm: sandbox {e}")))?;
         let sb = inner.ensure_sandbox(&sid, &spec, &annotations, &req.options)?;
+        if let Err(e) = sizing::check_fits(sb.sizing, &spec) {
+            self.cleanup_empty_sandbox();
+            return Err(status(Code::INVALID_ARGUMENT, format!("myvm: {e}")));
+        }
 
         // The container's rootfs and the spec's bind mounts go into the shared directory
         // (`shared_tree`); dropping `cm` on any error below undoes them.

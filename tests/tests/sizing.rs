@@ -1,0 +1,191 @@
+//! The VM follows what the container asks for outside CRI (`ctr run --memory-limit`, `--cpus`),
+//! as runc does, within the configured maxima; a request above them, or a container bigger than
+//! its pod's VM, fails at create with an error that says so, and leaves nothing behind.
+
+use myvm_tests::{
+    containerd::Containerd,
+    cri::{container_config, pod_config, Cri},
+    TempDir,
+};
+
+const MYVM: &str = "io.containerd.myvm.v2";
+const RUNC: &str = "io.containerd.runc.v2";
+const IMAGE: &str = "localhost/busybox:latest";
+
+/// Holds 400 MiB of the container's memory (tmpfs pages are charged to its cgroup) and prints
+/// the CPUs it sees.
+const HOLD: &str = "nproc; dd if=/dev/zero of=/big/f bs=1M count=400 2>/dev/null && echo held-400";
+
+fn run(c: &Containerd, runtime: &str, id: &str, extra: &[&str], cmd: &str) -> (i32, String, String) {
+    let mut args = vec!["run", "--rm", "--runtime", runtime];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&[IMAGE, id, "sh", "-c", cmd]);
+    let o = c.ctr(&args);
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn assert_nothing_left(c: &Containerd, id: &str) {
+    assert!(c.shims().is_empty(), "shims left: {:?}", c.shims());
+    let dir = myvm::shim::sandbox::sandboxes_root("default").join(id);
+    assert!(!dir.exists(), "{} left", dir.display());
+    let shared = myvm::shim::sandbox::shared_dir("default", id);
+    assert!(!shared.exists(), "{} left", shared.display());
+}
+
+#[test]
+fn ctr_run_gets_the_memory_and_cpus_it_asks_for_like_runc() {
+    let c = Containerd::start();
+    let limits = [
+        "--memory-limit",
+        "1073741824",
+        "--cpus",
+        "2",
+        "--mount",
+        "type=tmpfs,src=none,dst=/big,options=size=600m",
+    ];
+    // runc, the reference, runs it.
+    let (code, out, err) = run(&c, RUNC, "hold-runc", &limits, HOLD);
+    assert_eq!(code, 0, "runc: {out}{err}");
+    assert!(out.contains("held-400"), "runc: {out}");
+    // So does myvm: a VM sized for a 1 GiB container, with 2 vCPUs.
+    let (code, out, err) = run(&c, MYVM, "hold-myvm", &limits, HOLD);
+    assert_eq!(code, 0, "myvm: {out}{err}");
+    assert_eq!(out, "2\nheld-400\n", "{err}");
+    assert_nothing_left(&c, "hold-myvm");
+    // Without limits, the configured 256 MiB VM: the same 400 MiB does not fit (the control).
+    let (code, out, _) = run(
+        &c,
+        MYVM,
+        "hold-small",
+        &["--mount", "type=tmpfs,src=none,dst=/big,options=size=600m"],
+        HOLD,
+    );
+    assert!(code != 0 || !out.contains("held-400"), "a 256 MiB VM held 400 MiB: {out}");
+    assert_nothing_left(&c, "hold-small");
+}
+
+#[test]
+fn asks_over_the_configured_maxima_fail_at_create_and_leave_nothing() {
+    let c = Containerd::start();
+    let dir = TempDir::new("myvm-sizing");
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, "max_memory_mib = 512\nmax_vcpus = 1\n").unwrap();
+    let cfg = cfg.display().to_string();
+    let with = |extra: &[&'static str]| {
+        let mut v = vec!["--runtime-config-path", cfg.as_str()];
+        v.extend_from_slice(extra);
+        v
+    };
+    let (code, _, err) = run(&c, MYVM, "too-big", &with(&["--memory-limit", "1073741824"]), "true");
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("asks for 1024 MiB of memory") && err.contains("max_memory_mib"),
+        "{err}"
+    );
+    assert_nothing_left(&c, "too-big");
+    let (code, _, err) = run(&c, MYVM, "too-wide", &with(&["--cpus", "2"]), "true");
+    assert_ne!(code, 0);
+    assert!(err.contains("asks for 2 CPUs") && err.contains("max_vcpus"), "{err}");
+    assert_nothing_left(&c, "too-wide");
+    // Within the maxima it runs.
+    let (code, out, err) = run(&c, MYVM, "fits", &with(&["--memory-limit", "268435456"]), "nproc");
+    assert_eq!((code, out.as_str()), (0, "1\n"), "{err}");
+}
+
+#[test]
+fn cri_container_bigger_than_its_pods_vm_is_refused_at_create() {
+    let c = Containerd::start();
+    let mut cri = Cri::connect(&c.socket);
+    let logs = TempDir::new("myvm-cri-logs");
+    let pod_cfg = pod_config("small-pod", logs.path());
+    let pod = cri.run_pod(&pod_cfg, "myvm").expect("RunPodSandbox");
+    let mut big = container_config("big", &["sleep", "60"]);
+    big.linux.get_or_insert_with(Default::default).resources =
+        Some(myvm_tests::cri::v1::LinuxContainerResources {
+            memory_limit_in_bytes: 1 << 30,
+            ..Default::default()
+        });
+    let err = cri
+        .start_container(&pod, &pod_cfg, big)
+        .expect_err("a 1 GiB container in a 256 MiB pod VM");
+    assert!(
+        err.contains("asks for 1024 MiB") && err.contains("does not grow"),
+        "{err}"
+    );
+    // The pod still works.
+    let ok = cri
+        .start_container(&pod, &pod_cfg, container_config("small", &["sleep", "60"]))
+        .expect("a container that fits");
+    assert_eq!(cri.sh(&ok, "echo fine"), "fine");
+    cri.remove_pod(&pod).expect("remove pod");
+}
+
+/// The guest RAM a VMM holds (MiB): guest RAM is a shared memfd, so its resident pages show as
+/// the VMM's RssShmem.
+fn guest_resident_mib(vmm: u32) -> u64 {
+    let kib: u64 = myvm_tests::status_field(vmm, "RssShmem:")
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    kib / 1024
+}
+
+/// Free page reporting, on the qemu backend (the builtin VMM has no balloon device yet).
+#[test]
+fn memory_a_container_frees_goes_back_to_the_host() {
+    let c = Containerd::start();
+    let dir = TempDir::new("myvm-sizing");
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, "backend = \"qemu\"\n").unwrap();
+    let o = c.ctr(&[
+        "run",
+        "-d",
+        "--null-io",
+        "--runtime",
+        MYVM,
+        "--runtime-config-path",
+        cfg.to_str().unwrap(),
+        "--memory-limit",
+        "1073741824",
+        "--mount",
+        "type=tmpfs,src=none,dst=/big,options=size=600m",
+        IMAGE,
+        "fpr",
+        "sleep",
+        "600",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let vmm = c.vm_pids()[0];
+    let exec = |id: &str, script: &str| {
+        let o = c.ctr(&["task", "exec", "--exec-id", id, "fpr", "sh", "-c", script]);
+        assert!(o.status.success(), "{script}: {}", String::from_utf8_lossy(&o.stderr));
+    };
+    let idle = guest_resident_mib(vmm);
+    exec("fill", "dd if=/dev/zero of=/big/f bs=1M count=400 2>/dev/null");
+    let held = guest_resident_mib(vmm);
+    assert!(held >= idle + 400, "idle {idle} MiB, after 400 MiB written {held} MiB");
+    exec("free", "rm /big/f");
+    // The guest reports free 2 MiB blocks about 2 s after they are freed.
+    let mut now = held;
+    myvm_tests::wait_until(
+        "the VMM to give the freed guest memory back",
+        std::time::Duration::from_secs(60),
+        || {
+            now = guest_resident_mib(vmm);
+            now + 300 < held
+        },
+    );
+    eprintln!("guest RAM held: idle {idle} MiB, 400 MiB written {held} MiB, freed {now} MiB");
+    let _ = c.ctr(&["task", "kill", "-s", "SIGKILL", "fpr"]);
+    myvm_tests::wait_until("fpr to stop", std::time::Duration::from_secs(30), || {
+        String::from_utf8_lossy(&c.ctr(&["task", "ls"]).stdout).contains("STOPPED")
+    });
+    let _ = c.ctr(&["task", "rm", "fpr"]);
+    let _ = c.ctr(&["container", "rm", "fpr"]);
+    assert_nothing_left(&c, "fpr");
+}
