@@ -172,7 +172,10 @@ mod tests {
     #[test]
     #[ignore = "needs root and cgroup v2 at /sys/fs/cgroup (make test runs it)"]
     fn caps_and_accounts_a_process() {
-        assert!(nix::unistd::geteuid().is_root() && Path::new(ROOT).exists(), "needs root and /sys/fs/cgroup");
+        assert!(
+            nix::unistd::geteuid().is_root() && Path::new(ROOT).exists(),
+            "needs root and /sys/fs/cgroup"
+        );
         let name = format!("test-{}", std::process::id());
         let limits = Limits {
             memory_bytes: 64 << 20,
@@ -210,7 +213,10 @@ mod tests {
     #[test]
     #[ignore = "needs root and cgroup v2 at /sys/fs/cgroup (make test runs it)"]
     fn counts_its_oom_kills() {
-        assert!(nix::unistd::geteuid().is_root() && Path::new(ROOT).exists(), "needs root and /sys/fs/cgroup");
+        assert!(
+            nix::unistd::geteuid().is_root() && Path::new(ROOT).exists(),
+            "needs root and /sys/fs/cgroup"
+        );
         let name = format!("test-oom-{}", std::process::id());
         let limits = Limits {
             memory_bytes: 16 << 20,

@@ -232,6 +232,23 @@ impl Cri {
             .to_string()
     }
 
+    /// UpdateContainerResources.
+    pub fn update_resources(
+        &mut self,
+        id: &str,
+        linux: LinuxContainerResources,
+    ) -> Result<(), String> {
+        let req = UpdateContainerResourcesRequest {
+            container_id: id.into(),
+            linux: Some(linux),
+            ..Default::default()
+        };
+        self.rt
+            .block_on(self.runtime.update_container_resources(req))
+            .map(|_| ())
+            .map_err(|e| e.message().to_string())
+    }
+
     /// StopContainer with a grace period of `timeout` seconds.
     pub fn stop_container(&mut self, id: &str, timeout: i64) -> Result<(), String> {
         let req = StopContainerRequest {

@@ -16,7 +16,13 @@ const IMAGE: &str = "localhost/busybox:latest";
 /// the CPUs it sees.
 const HOLD: &str = "nproc; dd if=/dev/zero of=/big/f bs=1M count=400 2>/dev/null && echo held-400";
 
-fn run(c: &Containerd, runtime: &str, id: &str, extra: &[&str], cmd: &str) -> (i32, String, String) {
+fn run(
+    c: &Containerd,
+    runtime: &str,
+    id: &str,
+    extra: &[&str],
+    cmd: &str,
+) -> (i32, String, String) {
     let mut args = vec!["run", "--rm", "--runtime", runtime];
     args.extend_from_slice(extra);
     args.extend_from_slice(&[IMAGE, id, "sh", "-c", cmd]);
@@ -64,7 +70,10 @@ fn ctr_run_gets_the_memory_and_cpus_it_asks_for_like_runc() {
         &["--mount", "type=tmpfs,src=none,dst=/big,options=size=600m"],
         HOLD,
     );
-    assert!(code != 0 || !out.contains("held-400"), "a 256 MiB VM held 400 MiB: {out}");
+    assert!(
+        code != 0 || !out.contains("held-400"),
+        "a 256 MiB VM held 400 MiB: {out}"
+    );
     assert_nothing_left(&c, "hold-small");
 }
 
@@ -80,7 +89,13 @@ fn asks_over_the_configured_maxima_fail_at_create_and_leave_nothing() {
         v.extend_from_slice(extra);
         v
     };
-    let (code, _, err) = run(&c, MYVM, "too-big", &with(&["--memory-limit", "1073741824"]), "true");
+    let (code, _, err) = run(
+        &c,
+        MYVM,
+        "too-big",
+        &with(&["--memory-limit", "1073741824"]),
+        "true",
+    );
     assert_ne!(code, 0);
     assert!(
         err.contains("asks for 1024 MiB of memory") && err.contains("max_memory_mib"),
@@ -89,10 +104,19 @@ fn asks_over_the_configured_maxima_fail_at_create_and_leave_nothing() {
     assert_nothing_left(&c, "too-big");
     let (code, _, err) = run(&c, MYVM, "too-wide", &with(&["--cpus", "2"]), "true");
     assert_ne!(code, 0);
-    assert!(err.contains("asks for 2 CPUs") && err.contains("max_vcpus"), "{err}");
+    assert!(
+        err.contains("asks for 2 CPUs") && err.contains("max_vcpus"),
+        "{err}"
+    );
     assert_nothing_left(&c, "too-wide");
     // Within the maxima it runs.
-    let (code, out, err) = run(&c, MYVM, "fits", &with(&["--memory-limit", "268435456"]), "nproc");
+    let (code, out, err) = run(
+        &c,
+        MYVM,
+        "fits",
+        &with(&["--memory-limit", "268435456"]),
+        "nproc",
+    );
     assert_eq!((code, out.as_str()), (0, "1\n"), "{err}");
 }
 
@@ -121,6 +145,24 @@ fn cri_container_bigger_than_its_pods_vm_is_refused_at_create() {
         .start_container(&pod, &pod_cfg, container_config("small", &["sleep", "60"]))
         .expect("a container that fits");
     assert_eq!(cri.sh(&ok, "echo fine"), "fine");
+    // In-place resize beyond the VM: refused at that call; within it: applied in the guest.
+    let resize = |bytes: i64| myvm_tests::cri::v1::LinuxContainerResources {
+        memory_limit_in_bytes: bytes,
+        ..Default::default()
+    };
+    let err = cri
+        .update_resources(&ok, resize(1 << 30))
+        .expect_err("a 1 GiB resize in a 256 MiB pod VM");
+    assert!(err.contains("does not grow"), "{err}");
+    cri.update_resources(&ok, resize(64 << 20))
+        .expect("a resize that fits");
+    assert_eq!(
+        cri.sh(
+            &ok,
+            "cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/memory.max"
+        ),
+        (64u64 << 20).to_string()
+    );
     cri.remove_pod(&pod).expect("remove pod");
 }
 
@@ -163,12 +205,22 @@ fn memory_a_container_frees_goes_back_to_the_host() {
     let vmm = c.vm_pids()[0];
     let exec = |id: &str, script: &str| {
         let o = c.ctr(&["task", "exec", "--exec-id", id, "fpr", "sh", "-c", script]);
-        assert!(o.status.success(), "{script}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     };
     let idle = guest_resident_mib(vmm);
-    exec("fill", "dd if=/dev/zero of=/big/f bs=1M count=400 2>/dev/null");
+    exec(
+        "fill",
+        "dd if=/dev/zero of=/big/f bs=1M count=400 2>/dev/null",
+    );
     let held = guest_resident_mib(vmm);
-    assert!(held >= idle + 400, "idle {idle} MiB, after 400 MiB written {held} MiB");
+    assert!(
+        held >= idle + 350, // (some of the 400 MiB may land on pages touched before)
+        "idle {idle} MiB, after 400 MiB written {held} MiB"
+    );
     exec("free", "rm /big/f");
     // The guest reports free 2 MiB blocks about 2 s after they are freed.
     let mut now = held;

@@ -652,6 +652,12 @@ impl Task for Service {
             .as_ref()
             .map(|a| a.value.clone())
             .unwrap_or_default();
+        // containerd sends the new `linux.resources` as JSON: memory beyond what the VM holds
+        // is refused here, not accepted into a guest-wide OOM.
+        if let Ok(new) = serde_json::from_slice::<serde_json::Value>(&resources) {
+            sizing::check_resources_fit(self.inner.sandbox()?.sizing, &new)
+                .map_err(|e| status(Code::INVALID_ARGUMENT, format!("myvm: {e}")))?;
+        }
         let r = ag::UpdateContainerRequest {
             container_id: req.id,
             resources,

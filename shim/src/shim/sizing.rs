@@ -116,7 +116,10 @@ pub fn pod_ask(annotations: &HashMap<String, String>) -> Option<Ask> {
 pub fn container_ask(spec: &serde_json::Value) -> Ask {
     let r = &spec["linux"]["resources"];
     Ask {
-        memory_bytes: r["memory"]["limit"].as_i64().filter(|b| *b > 0).map(|b| b as u64),
+        memory_bytes: r["memory"]["limit"]
+            .as_i64()
+            .filter(|b| *b > 0)
+            .map(|b| b as u64),
         cpus: cpus(r["cpu"]["quota"].as_i64(), r["cpu"]["period"].as_i64()),
     }
 }
@@ -144,7 +147,11 @@ pub fn sizing(
     let vm_mib = u64::from(config.memory_mib).max(asked_mib.map_or(0, vm_memory_for));
     if vm_mib > max_mib {
         return Err(SizingError::Memory {
-            what: if asked_mib.is_some() { what } else { "memory_mib" },
+            what: if asked_mib.is_some() {
+                what
+            } else {
+                "memory_mib"
+            },
             asked_mib: asked_mib.unwrap_or(vm_mib),
             vm_mib,
             max_mib,
@@ -167,10 +174,22 @@ pub fn sizing(
 /// Refuses a container that asks for more memory than its pod's VM holds (the VM does not
 /// grow yet): a clear error at create instead of a guest-wide OOM later.
 pub fn check_fits(vm: Sizing, spec: &serde_json::Value) -> Result<(), String> {
-    let Some(limit) = container_ask(spec).memory_bytes else {
+    check_resources_fit(vm, &spec["linux"]["resources"])
+}
+
+/// [`check_fits`] for a container's `linux.resources` (also what an Update carries).
+pub fn check_resources_fit(vm: Sizing, resources: &serde_json::Value) -> Result<(), String> {
+    let Some(limit) = resources["memory"]["limit"]
+        .as_i64()
+        .filter(|b| *b > 0)
+        .map(|b| b as u64)
+    else {
         return Ok(());
     };
-    let (asked, room) = (limit.div_ceil(1 << 20), container_room(u64::from(vm.memory_mib)));
+    let (asked, room) = (
+        limit.div_ceil(1 << 20),
+        container_room(u64::from(vm.memory_mib)),
+    );
     if asked > room {
         return Err(format!(
             "the container asks for {asked} MiB of memory, but its pod's VM ({} MiB) holds \

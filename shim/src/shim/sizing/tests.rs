@@ -25,14 +25,26 @@ fn limits(memory: i64, quota: i64, period: i64) -> serde_json::Value {
 fn a_plain_container_gets_its_own_limits() {
     let c = Config::default();
     // ctr run --memory-limit 1073741824 --cpus 2
-    let s = sizing(&c, HOST, &HashMap::new(), &limits(1 << 30, 200_000, 100_000)).unwrap();
+    let s = sizing(
+        &c,
+        HOST,
+        &HashMap::new(),
+        &limits(1 << 30, 200_000, 100_000),
+    )
+    .unwrap();
     assert_eq!(s.vcpus, 2);
     assert_eq!(u64::from(s.memory_mib), vm_memory_for(1024));
     assert!(container_room(u64::from(s.memory_mib)) >= 1024);
     // No limits: the configured defaults; small limits never shrink the VM.
     let none = sizing(&c, HOST, &HashMap::new(), &json!({})).unwrap();
     assert_eq!((none.memory_mib, none.vcpus), (256, 1));
-    let small = sizing(&c, HOST, &HashMap::new(), &limits(32 << 20, 50_000, 100_000)).unwrap();
+    let small = sizing(
+        &c,
+        HOST,
+        &HashMap::new(),
+        &limits(32 << 20, 50_000, 100_000),
+    )
+    .unwrap();
     assert_eq!((small.memory_mib, small.vcpus), (256, 1));
 }
 
@@ -59,7 +71,14 @@ fn requests_over_the_maxima_are_refused_with_the_key_to_change() {
         ..Config::default()
     };
     let e = sizing(&c, HOST, &HashMap::new(), &limits(4 << 30, 0, 0)).unwrap_err();
-    assert!(matches!(e, SizingError::Memory { asked_mib: 4096, max_mib: 2048, .. }));
+    assert!(matches!(
+        e,
+        SizingError::Memory {
+            asked_mib: 4096,
+            max_mib: 2048,
+            ..
+        }
+    ));
     assert!(e.to_string().contains("max_memory_mib"), "{e}");
     let e = sizing(&c, HOST, &HashMap::new(), &limits(0, 300_000, 100_000)).unwrap_err();
     assert_eq!(
@@ -71,7 +90,13 @@ fn requests_over_the_maxima_are_refused_with_the_key_to_change() {
         }
     );
     // 0 means the host's memory.
-    let e = sizing(&Config::default(), HOST, &HashMap::new(), &limits(30 << 30, 0, 0)).unwrap_err();
+    let e = sizing(
+        &Config::default(),
+        HOST,
+        &HashMap::new(),
+        &limits(30 << 30, 0, 0),
+    )
+    .unwrap_err();
     assert!(matches!(e, SizingError::Memory { max_mib, .. } if max_mib == HOST.memory_mib));
     // A configured default above the maximum is named as such.
     let c = Config {
@@ -88,7 +113,10 @@ fn memory_formula_matches_the_measured_guest_overhead() {
     // Measured MemTotal − MemAvailable of an idle guest: 42, 61, 86 MiB at 256, 1024, 2048.
     for (vm, measured) in [(256u64, 42u64), (1024, 61), (2048, 86)] {
         let model = GUEST_FIXED_MIB + vm * GUEST_PER_MILLE / 1000;
-        assert!(model.abs_diff(measured) <= 8, "{vm} MiB: model {model}, measured {measured}");
+        assert!(
+            model.abs_diff(measured) <= 8,
+            "{vm} MiB: model {model}, measured {measured}"
+        );
     }
 }
 
@@ -97,7 +125,10 @@ fn container_room_inverts_vm_memory_for() {
     for limit in (0..20_000u64).step_by(7) {
         let vm = vm_memory_for(limit);
         assert!(container_room(vm) >= limit, "limit {limit}: vm {vm}");
-        assert!(container_room(vm) < limit + 8, "limit {limit}: vm {vm} wastes");
+        assert!(
+            container_room(vm) < limit + 8,
+            "limit {limit}: vm {vm} wastes"
+        );
         assert_eq!(vm % 2, 0);
     }
 }
