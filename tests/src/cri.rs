@@ -77,6 +77,48 @@ pub fn container_config(name: &str, cmd: &[&str]) -> ContainerConfig {
     }
 }
 
+/// `mounts` of a container: host directory `rw_dir` read-write at `/srv`, host file `ro_file`
+/// read-only at `/var/run/secrets/token` (a pod's data volume and a secret).
+pub fn srv_and_secret_mounts(rw_dir: &Path, ro_file: &Path) -> Vec<Mount> {
+    vec![
+        Mount {
+            container_path: "/srv".into(),
+            host_path: rw_dir.display().to_string(),
+            ..Default::default()
+        },
+        Mount {
+            container_path: "/var/run/secrets/token".into(),
+            host_path: ro_file.display().to_string(),
+            readonly: true,
+            ..Default::default()
+        },
+    ]
+}
+
+/// GET http://ip:port/ from this host: the response, once the server answers (retrying until
+/// `within`).
+pub fn http_get(ip: &str, port: u16, within: std::time::Duration) -> String {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().unwrap();
+    let deadline = Instant::now() + within;
+    loop {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            let mut body = String::new();
+            s.read_to_string(&mut body)?;
+            Ok(body)
+        })();
+        match attempt {
+            Ok(body) => return body,
+            Err(e) if Instant::now() > deadline => panic!("GET {addr}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
 /// A gRPC channel to containerd's socket (CRI and containerd's own services share it).
 pub fn uds_channel(rt: &tokio::runtime::Runtime, socket: &Path) -> Channel {
     let path = socket.to_path_buf();

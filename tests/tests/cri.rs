@@ -6,7 +6,7 @@ use std::time::Duration;
 use myvm_tests::{
     built_kernel_release,
     containerd::Containerd,
-    cri::{container_config, pod_config, v1, Cri},
+    cri::{container_config, http_get, pod_config, srv_and_secret_mounts, v1, Cri},
     wait_until, TempDir,
 };
 
@@ -194,28 +194,6 @@ fn cri_host_network_pod_is_refused_and_leaves_nothing() {
     assert!(c.vm_pids().is_empty());
 }
 
-/// GET http://ip:port/ from the host; the response, once the server answers (within 30 s).
-fn http_get(ip: &str, port: u16) -> String {
-    use std::io::{Read, Write};
-    let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let attempt = (|| -> std::io::Result<String> {
-            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-            let mut body = String::new();
-            s.read_to_string(&mut body)?;
-            Ok(body)
-        })();
-        match attempt {
-            Ok(body) => return body,
-            Err(e) if std::time::Instant::now() > deadline => panic!("GET {addr}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
-}
-
 #[test]
 fn cri_pods_get_their_network_and_volumes() {
     let c = Containerd::start();
@@ -232,19 +210,7 @@ fn cri_pods_get_their_network_and_volumes() {
     let a_cfg = pod_config("web-a", logs.path());
     let pod_a = cri.run_pod(&a_cfg, "myvm").expect("RunPodSandbox a");
     let mut server = container_config("server", &["httpd", "-f", "-p", "8080", "-h", "/srv"]);
-    server.mounts = vec![
-        v1::Mount {
-            container_path: "/srv".into(),
-            host_path: data.display().to_string(),
-            ..Default::default()
-        },
-        v1::Mount {
-            container_path: "/var/run/secrets/token".into(),
-            host_path: secret.display().to_string(),
-            readonly: true,
-            ..Default::default()
-        },
-    ];
+    server.mounts = srv_and_secret_mounts(&data, &secret);
     let server = cri.start_container(&pod_a, &a_cfg, server).expect("server");
     let ip_a = cri.pod_status(&pod_a).network.expect("pod a network").ip;
     assert!(ip_a.starts_with("10.250."), "pod a ip {ip_a:?}");
@@ -256,7 +222,7 @@ fn cri_pods_get_their_network_and_volumes() {
     assert!(out.contains("inet 127.0.0.1/8"), "{out}");
 
     // The host reaches the pod's server at the pod IP.
-    let body = http_get(&ip_a, 8080);
+    let body = http_get(&ip_a, 8080, Duration::from_secs(30));
     assert!(body.contains("hello-from-pod"), "{body}");
 
     // Volumes: writes go both ways; read-only stays read-only.

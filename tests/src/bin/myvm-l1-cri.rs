@@ -5,32 +5,11 @@
 //! removed. Prints a line per check and panics (exit 101) on the first that fails.
 
 use std::{
-    io::{Read, Write},
     path::Path,
     time::{Duration, Instant},
 };
 
-use myvm_tests::cri::{container_config, pod_config, v1, Cri};
-
-fn http_get(ip: &str, port: u16) -> String {
-    let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let attempt = (|| -> std::io::Result<String> {
-            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-            s.set_read_timeout(Some(Duration::from_secs(10)))?;
-            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-            let mut body = String::new();
-            s.read_to_string(&mut body)?;
-            Ok(body)
-        })();
-        match attempt {
-            Ok(body) => return body,
-            Err(e) if Instant::now() > deadline => panic!("GET {addr}: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(300)),
-        }
-    }
-}
+use myvm_tests::cri::{container_config, http_get, pod_config, srv_and_secret_mounts, Cri};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -51,19 +30,7 @@ fn main() {
     println!("ok: pod {pod} running ({:.1} s)", t.elapsed().as_secs_f64());
 
     let mut web = container_config("web", &["httpd", "-f", "-p", "8080", "-h", "/srv"]);
-    web.mounts = vec![
-        v1::Mount {
-            container_path: "/srv".into(),
-            host_path: vol.display().to_string(),
-            ..Default::default()
-        },
-        v1::Mount {
-            container_path: "/var/run/secrets/token".into(),
-            host_path: secret.display().to_string(),
-            readonly: true,
-            ..Default::default()
-        },
-    ];
+    web.mounts = srv_and_secret_mounts(&vol, &secret);
     let web = cri.start_container(&pod, &pod_cfg, web).expect("web");
     let side = cri
         .start_container(&pod, &pod_cfg, container_config("side", &["sleep", "3600"]))
@@ -83,7 +50,7 @@ fn main() {
 
     // Pod networking: the tap's fd is in the VMM; the node reaches the pod's IP.
     let ip = cri.pod_status(&pod).network.expect("pod network").ip;
-    let body = http_get(&ip, 8080);
+    let body = http_get(&ip, 8080, Duration::from_secs(60));
     assert!(body.contains("hello-from-l1-pod"), "{body}");
     println!("ok: node reached the pod at {ip}:8080");
 
