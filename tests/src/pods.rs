@@ -32,7 +32,12 @@ pub fn stdout(o: &Output) -> String {
 
 /// `ctr run --rm` of `script` in a new pod (its own microVM), with `opts` before the image.
 pub fn run_sh(c: &Containerd, opts: &[&str], id: &str, script: &str) -> Output {
-    let mut args = vec!["run", "--rm", "--runtime", RT];
+    run_sh_on(c, RT, opts, id, script)
+}
+
+/// [`run_sh`] with containerd runtime `runtime` (e.g. runc's, the reference).
+pub fn run_sh_on(c: &Containerd, runtime: &str, opts: &[&str], id: &str, script: &str) -> Output {
+    let mut args = vec!["run", "--rm", "--runtime", runtime];
     args.extend_from_slice(opts);
     args.extend_from_slice(&[IMAGE, id, "sh", "-c", script]);
     let o = c.ctr(&args);

@@ -2,20 +2,22 @@
 //! as runc does, within the configured maxima; a request above them, or a container bigger than
 //! its pod's VM, fails at create with an error that says so, and leaves nothing behind.
 
+use std::time::Duration;
+
 use myvm_tests::{
     containerd::Containerd,
     cri::{container_config, pod_config, Cri},
+    pods::{leftovers, remove_pod, run_sh_on, IMAGE, RT as MYVM},
     TempDir,
 };
 
-const MYVM: &str = "io.containerd.myvm.v2";
 const RUNC: &str = "io.containerd.runc.v2";
-const IMAGE: &str = "localhost/busybox:latest";
 
 /// Holds 400 MiB of the container's memory (tmpfs pages are charged to its cgroup) and prints
 /// the CPUs it sees.
 const HOLD: &str = "nproc; dd if=/dev/zero of=/big/f bs=1M count=400 2>/dev/null && echo held-400";
 
+/// `ctr run --rm` of `cmd` on `runtime`: (exit code, stdout, stderr).
 fn run(
     c: &Containerd,
     runtime: &str,
@@ -23,10 +25,7 @@ fn run(
     extra: &[&str],
     cmd: &str,
 ) -> (i32, String, String) {
-    let mut args = vec!["run", "--rm", "--runtime", runtime];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&[IMAGE, id, "sh", "-c", cmd]);
-    let o = c.ctr(&args);
+    let o = run_sh_on(c, runtime, extra, id, cmd);
     (
         o.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -34,12 +33,17 @@ fn run(
     )
 }
 
+/// A runtime config file (`--runtime-config-path`) holding `toml`, in `dir`.
+fn config_file(dir: &TempDir, toml: &str) -> String {
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, toml).unwrap();
+    cfg.display().to_string()
+}
+
 fn assert_nothing_left(c: &Containerd, id: &str) {
     assert!(c.shims().is_empty(), "shims left: {:?}", c.shims());
-    let dir = myvm::shim::sandbox::sandboxes_root("default").join(id);
-    assert!(!dir.exists(), "{} left", dir.display());
-    let shared = myvm::shim::sandbox::shared_dir("default", id);
-    assert!(!shared.exists(), "{} left", shared.display());
+    let left = leftovers("default", id);
+    assert!(left.is_empty(), "{id} left: {left:?}");
 }
 
 #[test]
@@ -81,9 +85,7 @@ fn ctr_run_gets_the_memory_and_cpus_it_asks_for_like_runc() {
 fn asks_over_the_configured_maxima_fail_at_create_and_leave_nothing() {
     let c = Containerd::start();
     let dir = TempDir::new("myvm-sizing");
-    let cfg = dir.path().join("config.toml");
-    std::fs::write(&cfg, "max_memory_mib = 512\nmax_vcpus = 1\n").unwrap();
-    let cfg = cfg.display().to_string();
+    let cfg = config_file(&dir, "max_memory_mib = 512\nmax_vcpus = 1\n");
     let with = |extra: &[&'static str]| {
         let mut v = vec!["--runtime-config-path", cfg.as_str()];
         v.extend_from_slice(extra);
@@ -182,8 +184,7 @@ fn guest_resident_mib(vmm: u32) -> u64 {
 fn memory_a_container_frees_goes_back_to_the_host() {
     let c = Containerd::start();
     let dir = TempDir::new("myvm-sizing");
-    let cfg = dir.path().join("config.toml");
-    std::fs::write(&cfg, "backend = \"qemu\"\n").unwrap();
+    let cfg = config_file(&dir, "backend = \"qemu\"\n");
     let o = c.ctr(&[
         "run",
         "-d",
@@ -191,7 +192,7 @@ fn memory_a_container_frees_goes_back_to_the_host() {
         "--runtime",
         MYVM,
         "--runtime-config-path",
-        cfg.to_str().unwrap(),
+        &cfg,
         "--memory-limit",
         "1073741824",
         "--mount",
@@ -226,18 +227,13 @@ fn memory_a_container_frees_goes_back_to_the_host() {
     let mut now = held;
     myvm_tests::wait_until(
         "the VMM to give the freed guest memory back",
-        std::time::Duration::from_secs(60),
+        Duration::from_secs(60),
         || {
             now = guest_resident_mib(vmm);
             now + 300 < held
         },
     );
     eprintln!("guest RAM held: idle {idle} MiB, 400 MiB written {held} MiB, freed {now} MiB");
-    let _ = c.ctr(&["task", "kill", "-s", "SIGKILL", "fpr"]);
-    myvm_tests::wait_until("fpr to stop", std::time::Duration::from_secs(30), || {
-        String::from_utf8_lossy(&c.ctr(&["task", "ls"]).stdout).contains("STOPPED")
-    });
-    let _ = c.ctr(&["task", "rm", "fpr"]);
-    let _ = c.ctr(&["container", "rm", "fpr"]);
+    remove_pod(&c, "fpr");
     assert_nothing_left(&c, "fpr");
 }

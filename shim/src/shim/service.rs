@@ -654,8 +654,9 @@ impl Task for Service {
             .unwrap_or_default();
         // containerd sends the new `linux.resources` as JSON: memory beyond what the VM holds
         // is refused here, not accepted into a guest-wide OOM.
+        let sb = self.inner.sandbox()?;
         if let Ok(new) = serde_json::from_slice::<serde_json::Value>(&resources) {
-            sizing::check_resources_fit(self.inner.sandbox()?.sizing, &new)
+            sizing::check_resources_fit(sb.sizing, &new)
                 .map_err(|e| status(Code::INVALID_ARGUMENT, format!("myvm: {e}")))?;
         }
         let r = ag::UpdateContainerRequest {
@@ -663,9 +664,7 @@ impl Task for Service {
             resources,
             ..Default::default()
         };
-        self.inner
-            .sandbox()?
-            .agent
+        sb.agent
             .call("UpdateContainer", |a, ctx| a.update_container(ctx, &r))
             .map_err(agent_err)?;
         Ok(api::Empty::new())

@@ -65,7 +65,7 @@ pub fn container_room(vm_mib: u64) -> u64 {
     (vm_mib * (1000 - GUEST_PER_MILLE) / 1000).saturating_sub(GUEST_FIXED_MIB + HEADROOM_MIB)
 }
 
-/// The host's limits: its memory (MiB) and CPUs, for the maxima left at 0 ("the host's").
+/// The host's memory (MiB), the maximum when `max_memory_mib` is left at 0.
 #[derive(Debug, Clone, Copy)]
 pub struct Host {
     pub memory_mib: u64,
@@ -114,7 +114,11 @@ pub fn pod_ask(annotations: &HashMap<String, String>) -> Option<Ask> {
 
 /// A container's own resources (`linux.resources` of its OCI spec).
 pub fn container_ask(spec: &serde_json::Value) -> Ask {
-    let r = &spec["linux"]["resources"];
+    resources_ask(&spec["linux"]["resources"])
+}
+
+/// What an OCI `linux.resources` object asks for (a spec's, or an Update's).
+fn resources_ask(r: &serde_json::Value) -> Ask {
     Ask {
         memory_bytes: r["memory"]["limit"]
             .as_i64()
@@ -179,11 +183,7 @@ pub fn check_fits(vm: Sizing, spec: &serde_json::Value) -> Result<(), String> {
 
 /// [`check_fits`] for a container's `linux.resources` (also what an Update carries).
 pub fn check_resources_fit(vm: Sizing, resources: &serde_json::Value) -> Result<(), String> {
-    let Some(limit) = resources["memory"]["limit"]
-        .as_i64()
-        .filter(|b| *b > 0)
-        .map(|b| b as u64)
-    else {
+    let Some(limit) = resources_ask(resources).memory_bytes else {
         return Ok(());
     };
     let (asked, room) = (
