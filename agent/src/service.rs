@@ -134,6 +134,20 @@ impl agent_ttrpc::Agent for AgentService {
         })
     }
 
+    fn set_cpus(&self, _: &TtrpcContext, req: SetCpusRequest) -> R<SetCpusResponse> {
+        let (online, present) = crate::guest::set_online_cpus_in(
+            std::path::Path::new("/sys/devices/system/cpu"),
+            req.online,
+        )
+        .map_err(internal)?;
+        tracing::info!(asked = req.online, online, present, "vCPUs online");
+        Ok(SetCpusResponse {
+            online,
+            present,
+            ..Default::default()
+        })
+    }
+
     fn shutdown(&self, _: &TtrpcContext, _: ShutdownRequest) -> R<ShutdownResponse> {
         tracing::info!(
             uptime_s = self.started.elapsed().as_secs(),

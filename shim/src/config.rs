@@ -8,6 +8,7 @@
 //! memory_mib = 256
 //! max_vcpus = 0          # 0: 32, the VMMs' limit
 //! max_memory_mib = 0     # 0: the host's memory
+//! memory_growth_mib = 1024 # how much a pod's VM can grow after boot (held in a balloon)
 //! boot_timeout_s = 60
 //! log_level = "info"
 //! kernel_params = ""     # appended to the guest kernel's command line
@@ -34,6 +35,10 @@ pub struct Config {
     pub max_vcpus: u32,
     /// The most memory a VM may get (0: the host's memory); a larger ask fails at create.
     pub max_memory_mib: u32,
+    /// How much memory a pod's VM can grow by after boot (a container added or resized up):
+    /// guest RAM the VM boots with but a balloon holds until the pod needs it (within
+    /// `max_memory_mib`). 0: a pod's VM never grows.
+    pub memory_growth_mib: u32,
     pub boot_timeout_s: u64,
     pub log_level: String,
     /// Extra guest kernel command line parameters (`key=value` pairs the kernel does not know
@@ -51,6 +56,7 @@ impl Default for Config {
             memory_mib: 256,
             max_vcpus: 0,
             max_memory_mib: 0,
+            memory_growth_mib: 1024,
             boot_timeout_s: 60,
             log_level: "info".into(),
             kernel_params: String::new(),

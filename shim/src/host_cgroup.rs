@@ -65,22 +65,26 @@ impl HostCgroup {
             }
         }
         let set = || -> Result<(), CgroupError> {
-            let mem = limits.memory_bytes.to_string();
             let pids = limits.pids.to_string();
-            if v2 {
-                write(&cg.dirs[0], "memory.max", &mem, "memory limit")?;
-                write(&cg.dirs[0], "pids.max", &pids, "pids limit")?;
-            } else {
-                write(&cg.dirs[0], "memory.limit_in_bytes", &mem, "memory limit")?;
-                write(&cg.dirs[1], "pids.max", &pids, "pids limit")?;
-            }
-            Ok(())
+            cg.set_memory_max(limits.memory_bytes)?;
+            let pids_dir = if v2 { &cg.dirs[0] } else { &cg.dirs[1] };
+            write(pids_dir, "pids.max", &pids, "pids limit")
         };
         if let Err(e) = set() {
             cg.remove();
             return Err(e);
         }
         Ok(cg)
+    }
+
+    /// Sets the memory limit (when the pod's VM grows).
+    pub fn set_memory_max(&self, bytes: u64) -> Result<(), CgroupError> {
+        let file = if self.v2 {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        };
+        write(&self.dirs[0], file, &bytes.to_string(), "memory limit")
     }
 
     pub fn create(name: &str, limits: Limits) -> Result<HostCgroup, CgroupError> {

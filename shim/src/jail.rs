@@ -101,6 +101,31 @@ impl VmUids {
     }
 }
 
+/// The fd the VMM finds its control channel at ([`crate::hypervisor::control`]).
+pub const CONTROL_FD: i32 = 199;
+
+/// Makes `cmd`'s process inherit one end of a new socketpair as fd [`CONTROL_FD`]; returns the
+/// other end, and the child's end, which the caller closes once the process is spawned.
+pub fn attach_control(
+    cmd: &mut Command,
+) -> io::Result<(std::os::unix::net::UnixStream, std::os::fd::OwnedFd)> {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+    let theirs = OwnedFd::from(theirs);
+    let fd = theirs.as_raw_fd();
+    // SAFETY: dup2 is async-signal-safe; nothing is allocated.
+    unsafe {
+        cmd.pre_exec(move || {
+            // dup2 leaves the new fd without FD_CLOEXEC: the VMM inherits it.
+            if libc::dup2(fd, CONTROL_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok((ours, theirs))
+}
+
 /// First fd number the VMM finds its taps at (the n-th tap is `TAP_FD_BASE + n`).
 pub const TAP_FD_BASE: i32 = 200;
 

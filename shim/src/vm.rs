@@ -62,8 +62,14 @@ pub enum ShareAccess {
 pub struct VmOptions {
     /// Backend; `None` = what the host supports best (see [`HostInfo::auto_backend`]).
     pub backend: Option<BackendKind>,
+    /// vCPUs online at boot.
     pub vcpus: u32,
+    /// vCPUs the VM has (0 = `vcpus`): the ones above `vcpus` stay offline until the agent
+    /// brings them online (`maxcpus=` on the kernel command line).
+    pub max_vcpus: u32,
     pub memory_mib: u32,
+    /// Guest RAM (MiB) a balloon holds from boot: what the guest can grow into.
+    pub balloon_mib: u32,
     pub extra_cmdline: String,
     pub shared_dirs: Vec<SharedDir>,
     /// Parent of the VM's own directory.
@@ -84,7 +90,9 @@ impl Default for VmOptions {
         VmOptions {
             backend: None,
             vcpus: 1,
+            max_vcpus: 0,
             memory_mib: 256,
+            balloon_mib: 0,
             extra_cmdline: String::new(),
             shared_dirs: Vec::new(),
             run_root: PathBuf::from(RUN_ROOT),
@@ -124,6 +132,9 @@ pub enum VmError {
     Agent(#[from] AgentError),
 }
 
+/// How long a booting guest may take to inflate its balloon to the pod's size.
+const BALLOON_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub struct Vm {
     id: String,
     dir: PathBuf,
@@ -146,7 +157,19 @@ impl Vm {
     pub fn boot(opts: &VmOptions, assets: &Assets, host: &HostInfo) -> Result<Vm, VmError> {
         let started = Instant::now();
         let backend = opts.backend.unwrap_or_else(|| host.auto_backend().0);
-        hypervisor::validate_parts(&assets.kernel, &assets.initrd, opts.vcpus, opts.memory_mib)?;
+        let present = opts.vcpus.max(opts.max_vcpus);
+        hypervisor::validate_parts(&assets.kernel, &assets.initrd, present, opts.memory_mib)?;
+        if opts.balloon_mib >= opts.memory_mib {
+            return Err(HypervisorError::Config(format!(
+                "a balloon of {} MiB leaves nothing of {} MiB",
+                opts.balloon_mib, opts.memory_mib
+            ))
+            .into());
+        }
+        let mut cmdline = format!("{BASE_CMDLINE} {}", opts.extra_cmdline);
+        if present > opts.vcpus {
+            cmdline.push_str(&format!(" maxcpus={}", opts.vcpus));
+        }
         let hv = hypervisor::new_backend(backend, host)?;
         let id = opts.id.clone().unwrap_or_else(new_id);
         let dir = opts.run_root.join(&id);
@@ -186,11 +209,10 @@ impl Vm {
         let config = VmConfig {
             kernel: assets.kernel.clone(),
             initrd: assets.initrd.clone(),
-            cmdline: format!("{BASE_CMDLINE} {}", opts.extra_cmdline)
-                .trim()
-                .to_string(),
-            vcpus: opts.vcpus,
+            cmdline: cmdline.trim().to_string(),
+            vcpus: present,
             memory_mib: opts.memory_mib,
+            balloon_mib: opts.balloon_mib,
             serial_log: serial_pipe,
             vsock_vhost_socket: vsock.vhost_socket.clone(),
             fs: fs
@@ -248,6 +270,9 @@ impl Vm {
                 log: vm.serial_log.clone(),
                 serial: tail(&vm.serial_log, 30),
             });
+        }
+        if opts.balloon_mib > 0 {
+            vm.wait_for_balloon(u64::from(opts.balloon_mib), BALLOON_TIMEOUT);
         }
         vm.boot_time = started.elapsed();
         tracing::info!(
@@ -346,6 +371,42 @@ impl Vm {
     /// Time from `boot` being called to the agent answering.
     pub fn boot_time(&self) -> Duration {
         self.boot_time
+    }
+
+    /// Waits (at most `timeout`) until the guest's balloon holds `mib`, so that a pod starts at
+    /// its size and not at its VM's ceiling. The driver inflates it while the guest boots; a
+    /// guest that does not (it is the guest's to do) is logged, not failed: the host cgroup
+    /// still bounds what the VM can take.
+    fn wait_for_balloon(&mut self, mib: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.hv.balloon() {
+                Ok(b) if b.actual_mib + 1 >= mib => return,
+                Ok(b) if Instant::now() >= deadline => {
+                    tracing::warn!(
+                        vm = self.id,
+                        target_mib = mib,
+                        actual_mib = b.actual_mib,
+                        "the guest has not inflated its balloon"
+                    );
+                    return;
+                }
+                Ok(_) => std::thread::sleep(Duration::from_millis(10)),
+                Err(e) => {
+                    tracing::warn!(vm = self.id, "reading the balloon: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sets how much guest RAM the balloon holds (MiB): less lets the guest grow.
+    pub fn set_balloon_mib(&mut self, mib: u64) -> Result<(), VmError> {
+        Ok(self.hv.set_balloon_mib(mib)?)
+    }
+
+    pub fn balloon(&mut self) -> Result<hypervisor::control::BalloonState, VmError> {
+        Ok(self.hv.balloon()?)
     }
 
     pub fn agent(&self) -> &AgentClient {

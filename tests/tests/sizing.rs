@@ -1,6 +1,7 @@
 //! The VM follows what the container asks for outside CRI (`ctr run --memory-limit`, `--cpus`),
-//! as runc does, within the configured maxima; a request above them, or a container bigger than
-//! its pod's VM, fails at create with an error that says so, and leaves nothing behind.
+//! as runc does, within the configured maxima; a request above them fails at create with an
+//! error that says so, and leaves nothing behind. A pod's VM grows for its containers (balloon,
+//! vCPUs online) up to its ceiling, and refuses beyond it at that call.
 
 use std::time::Duration;
 
@@ -122,49 +123,68 @@ fn asks_over_the_configured_maxima_fail_at_create_and_leave_nothing() {
     assert_eq!((code, out.as_str()), (0, "1\n"), "{err}");
 }
 
+/// Holds 400 MiB in one process (dd's buffer) and says so; OOM-killed where there is no room.
+const DD_400: &str = "dd if=/dev/zero of=/dev/null bs=400M count=1 2>/dev/null && echo held";
+
+/// A CRI pod's VM grows when its containers together need more: a container resized up
+/// (UpdateContainerResources, Kubernetes' in-place resize) then holds more and sees more CPUs; a
+/// container added beyond what the VM can grow to, or a resize beyond it, fails at that call.
 #[test]
-fn cri_container_bigger_than_its_pods_vm_is_refused_at_create() {
+fn a_cri_pod_grows_for_a_resize_and_refuses_beyond_its_ceiling() {
     let c = Containerd::start();
     let mut cri = Cri::connect(&c.socket);
     let logs = TempDir::new("myvm-cri-logs");
-    let pod_cfg = pod_config("small-pod", logs.path());
+    // No pod resources: the configured 256 MiB and 1 vCPU, growing by memory_growth_mib (1 GiB)
+    // to 1280 MiB and to the host's CPUs.
+    let pod_cfg = pod_config("grow-pod", logs.path());
     let pod = cri.run_pod(&pod_cfg, "myvm").expect("RunPodSandbox");
-    let mut big = container_config("big", &["sleep", "60"]);
-    big.linux.get_or_insert_with(Default::default).resources =
-        Some(myvm_tests::cri::v1::LinuxContainerResources {
-            memory_limit_in_bytes: 1 << 30,
-            ..Default::default()
-        });
-    let err = cri
-        .start_container(&pod, &pod_cfg, big)
-        .expect_err("a 1 GiB container in a 256 MiB pod VM");
-    assert!(
-        err.contains("asks for 1024 MiB") && err.contains("does not grow"),
-        "{err}"
-    );
-    // The pod still works.
-    let ok = cri
-        .start_container(&pod, &pod_cfg, container_config("small", &["sleep", "60"]))
-        .expect("a container that fits");
-    assert_eq!(cri.sh(&ok, "echo fine"), "fine");
-    // In-place resize beyond the VM: refused at that call; within it: applied in the guest.
-    let resize = |bytes: i64| myvm_tests::cri::v1::LinuxContainerResources {
-        memory_limit_in_bytes: bytes,
+    let resources = |mib: i64, cpus: i64| myvm_tests::cri::v1::LinuxContainerResources {
+        memory_limit_in_bytes: mib << 20,
+        cpu_quota: cpus * 100_000,
+        cpu_period: if cpus > 0 { 100_000 } else { 0 },
         ..Default::default()
     };
-    let err = cri
-        .update_resources(&ok, resize(1 << 30))
-        .expect_err("a 1 GiB resize in a 256 MiB pod VM");
-    assert!(err.contains("does not grow"), "{err}");
-    cri.update_resources(&ok, resize(64 << 20))
-        .expect("a resize that fits");
+    let mut app = container_config("app", &["sleep", "600"]);
+    app.linux.get_or_insert_with(Default::default).resources = Some(resources(128, 0));
+    let app = cri.start_container(&pod, &pod_cfg, app).expect("app");
+    let (code, out, _) = cri.exec_sync(&app, &["sh", "-c", DD_400]);
+    assert_ne!(
+        (code, out.trim()),
+        (0, "held"),
+        "400 MiB under a 128 MiB limit"
+    );
+    assert_eq!(cri.sh(&app, "nproc"), "1");
+    // Resized up to 1 GiB and 2 CPUs: the VM grows (balloon deflated, a vCPU onlined).
+    cri.update_resources(&app, resources(1024, 2))
+        .expect("a resize the VM can grow to");
+    assert_eq!(cri.sh(&app, DD_400), "held");
+    assert_eq!(cri.sh(&app, "nproc"), "2");
     assert_eq!(
         cri.sh(
-            &ok,
+            &app,
             "cat /sys/fs/cgroup$(cut -d: -f3 /proc/self/cgroup)/memory.max"
         ),
-        (64u64 << 20).to_string()
+        (1u64 << 30).to_string()
     );
+    // The pod's containers together: 1 GiB + 512 MiB needs more than 1280 MiB.
+    let mut big = container_config("big", &["sleep", "60"]);
+    big.linux.get_or_insert_with(Default::default).resources = Some(resources(512, 0));
+    let err = cri
+        .start_container(&pod, &pod_cfg, big)
+        .expect_err("a container beyond the VM's ceiling");
+    assert!(
+        err.contains("can grow to 1280 MiB") && err.contains("memory_growth_mib"),
+        "{err}"
+    );
+    let err = cri
+        .update_resources(&app, resources(2048, 0))
+        .expect_err("a resize beyond the VM's ceiling");
+    assert!(err.contains("can grow to 1280 MiB"), "{err}");
+    // What fits still does, and the pod works on.
+    let mut small = container_config("small", &["sleep", "60"]);
+    small.linux.get_or_insert_with(Default::default).resources = Some(resources(64, 0));
+    let small = cri.start_container(&pod, &pod_cfg, small).expect("small");
+    assert_eq!(cri.sh(&small, "echo fine"), "fine");
     cri.remove_pod(&pod).expect("remove pod");
 }
 
@@ -179,7 +199,8 @@ fn guest_resident_mib(vmm: u32) -> u64 {
     kib / 1024
 }
 
-/// Free page reporting, on the qemu backend (the builtin VMM has no balloon device yet).
+/// Free page reporting, on the qemu backend (the builtin VMM's is tested in L1 and in its unit
+/// tests).
 #[test]
 fn memory_a_container_frees_goes_back_to_the_host() {
     let c = Containerd::start();

@@ -2,10 +2,12 @@
 //!
 //! Layout: [`config`] (CLI/JSON + validation), [`memory`] (memfd guest RAM), [`boot`] (kernel
 //! loading, PVH start info, CPUID, MP table), [`vstate`] (KVM VM and vCPUs), [`devices`]
-//! (serial, i8042, virtio-mmio, vhost-user, virtio-net), [`seccomp`] and [`vmm`] (wiring + run loop).
+//! (serial, i8042, virtio-mmio, vhost-user, virtio-net, virtio-balloon), [`control`] (the shim's
+//! control channel), [`seccomp`] and [`vmm`] (wiring + run loop).
 
 pub mod boot;
 pub mod config;
+pub mod control;
 pub mod devices;
 pub mod memory;
 pub mod seccomp;

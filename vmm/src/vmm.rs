@@ -57,6 +57,8 @@ pub enum VmmError {
     Seccomp(#[from] crate::seccomp::SeccompError),
     #[error(transparent)]
     Net(#[from] crate::devices::virtio_net::NetError),
+    #[error(transparent)]
+    Balloon(#[from] crate::devices::virtio_balloon::BalloonError),
 }
 
 /// How the VM ended.
@@ -195,6 +197,21 @@ pub fn run(cfg: &VmmConfig) -> Result<Outcome, VmmError> {
         &slots[devices.transports.len()..],
         &mut mmio,
     )?;
+    // The balloon last (the shim counts on that order for the device announcements).
+    let balloon = match cfg.balloon_mib {
+        Some(mib) => Some(crate::devices::virtio_balloon::attach(
+            u64::from(mib),
+            &vm,
+            &mem,
+            &slots[devices.transports.len() + cfg.net.len()],
+            &mut mmio,
+        )?),
+        None => None,
+    };
+    // SAFETY: validated as an inherited descriptor (>= 3) that only the control channel uses.
+    let mut control = cfg
+        .control_fd
+        .map(|fd| unsafe { crate::control::Control::from_fd(fd, balloon.clone()) });
 
     if compat {
         tracing::info!(
@@ -268,39 +285,52 @@ pub fn run(cfg: &VmmConfig) -> Result<Outcome, VmmError> {
     }
     tracing::info!(vcpus, memory_mib = cfg.memory_mib, "VM running");
 
-    let outcome = wait(&sigfd, &exit, &devices.watches)?;
+    let outcome = wait(
+        &sigfd,
+        &exit,
+        &devices.watches,
+        control.as_mut(),
+        balloon.as_ref(),
+    )?;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     drop(devices);
     Ok(outcome)
 }
 
 /// Waits for a vCPU/device exit report, a stop signal, or a vhost-user daemon hanging up (the
-/// device would stop working: the VM is ended with an error instead of hanging).
+/// device would stop working: the VM is ended with an error instead of hanging). Meanwhile it
+/// answers the control channel and serves the balloon's queues.
 fn wait(
     sigfd: &SignalFd,
     exit: &ExitSignal,
     watches: &[crate::devices::vhost_user::BackendWatch],
+    mut control: Option<&mut crate::control::Control>,
+    balloon: Option<&crate::devices::virtio_balloon::Balloon>,
 ) -> Result<Outcome, VmmError> {
     use std::os::fd::AsRawFd;
+    let pollfd = |fd: i32, events: i16| libc::pollfd {
+        fd,
+        events,
+        revents: 0,
+    };
     // libc::poll directly: nix's PollFlags drops revents it does not know (POLLRDHUP).
     let mut fds = vec![
-        libc::pollfd {
-            fd: sigfd.as_fd().as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: exit.evt.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        },
+        pollfd(sigfd.as_fd().as_raw_fd(), libc::POLLIN),
+        pollfd(exit.evt.as_raw_fd(), libc::POLLIN),
     ];
     // Only hang-ups: replies on the sockets are read by the vCPU threads.
-    fds.extend(watches.iter().map(|w| libc::pollfd {
-        fd: w.fd.as_raw_fd(),
-        events: libc::POLLRDHUP,
-        revents: 0,
-    }));
+    fds.extend(
+        watches
+            .iter()
+            .map(|w| pollfd(w.fd.as_raw_fd(), libc::POLLRDHUP)),
+    );
+    let kicks = balloon.map(|b| b.kick_fds()).unwrap_or_default();
+    let kicks_at = fds.len();
+    fds.extend(kicks.iter().map(|(_, fd)| pollfd(*fd, libc::POLLIN)));
+    let control_at = fds.len();
+    if let Some(c) = &control {
+        fds.push(pollfd(c.fd(), libc::POLLIN));
+    }
     loop {
         // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
@@ -320,6 +350,21 @@ fn wait(
                 let msg = format!("vhost-user backend {} disconnected", w.name);
                 tracing::error!("{msg}");
                 return Ok(Outcome::Guest(VcpuExitReason::Error(msg)));
+            }
+        }
+        if let Some(b) = balloon {
+            for ((queue, _), fd) in kicks.iter().zip(&fds[kicks_at..control_at]) {
+                if fd.revents & libc::POLLIN != 0 {
+                    b.process(*queue);
+                }
+            }
+        }
+        if let (Some(c), Some(fd)) = (control.as_deref_mut(), fds.get(control_at)) {
+            if fd.revents & (libc::POLLIN | hup) != 0 && !c.serve() {
+                // The shim is gone or misbehaved: no more control requests (the VM goes on; a
+                // dead shim's VMM is ended by PDEATHSIG).
+                fds.truncate(control_at);
+                control = None;
             }
         }
         if fds[0].revents & libc::POLLIN != 0 {

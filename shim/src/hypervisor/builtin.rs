@@ -6,12 +6,14 @@
 
 use std::{path::PathBuf, process::Command};
 
+use super::control::{BalloonState, LineControl};
 use super::{spawn_vmm, BackendKind, Hypervisor, HypervisorError, VmConfig};
 use crate::process::Managed;
 
 pub struct Builtin {
     binary: PathBuf,
     process: Option<Managed>,
+    control: Option<LineControl>,
 }
 
 impl Builtin {
@@ -19,7 +21,12 @@ impl Builtin {
         Builtin {
             binary,
             process: None,
+            control: None,
         }
+    }
+
+    fn control(&mut self) -> Result<&mut LineControl, HypervisorError> {
+        self.control.as_mut().ok_or(HypervisorError::NotRunning)
     }
 
     pub fn args(&self, c: &VmConfig) -> Vec<String> {
@@ -38,6 +45,11 @@ impl Builtin {
             c.serial_log.display().to_string(),
             "--vsock-socket".into(),
             c.vsock_vhost_socket.display().to_string(),
+            // Always a balloon: free page reporting gives freed guest memory back.
+            "--balloon-mib".into(),
+            c.balloon_mib.to_string(),
+            "--control-fd".into(),
+            crate::jail::CONTROL_FD.to_string(),
         ];
         for fs in &c.fs {
             a.push("--fs".into());
@@ -70,7 +82,17 @@ impl Hypervisor for Builtin {
     fn start(&mut self, config: &VmConfig) -> Result<(), HypervisorError> {
         let mut cmd = Command::new(&self.binary);
         cmd.args(self.args(config));
-        spawn_vmm(&mut self.process, "myvm-vmm", cmd, config, true)
+        let control = spawn_vmm(&mut self.process, "myvm-vmm", cmd, config, true)?;
+        self.control = Some(LineControl::new(control)?);
+        Ok(())
+    }
+
+    fn set_balloon_mib(&mut self, mib: u64) -> Result<(), HypervisorError> {
+        self.control()?.set_balloon_mib(mib)
+    }
+
+    fn balloon(&mut self) -> Result<BalloonState, HypervisorError> {
+        self.control()?.balloon()
     }
 
     fn vmm(&self) -> Option<&Managed> {
@@ -95,6 +117,7 @@ mod tests {
             cmdline: "console=ttyS0".into(),
             vcpus: 2,
             memory_mib: 128,
+            balloon_mib: 64,
             serial_log: "/d/serial.log".into(),
             vsock_vhost_socket: "/d/v.sock".into(),
             fs: vec![FsDevice {
@@ -121,7 +144,7 @@ mod tests {
         assert_eq!(
             a,
             "--kernel /k --initrd /i --cmdline console=ttyS0 --vcpus 2 --memory-mib 128 --serial-log /d/serial.log \
-             --vsock-socket /d/v.sock --fs myvmfs=/d/fs.sock \
+             --vsock-socket /d/v.sock --balloon-mib 64 --control-fd 199 --fs myvmfs=/d/fs.sock \
              --net tap=tap0_myvm,mac=0a:58:0a:f4:00:05,fd=200,mtu=1450 --net tap=tap1_myvm,mac=0a:58:0a:f4:00:06,fd=201"
         );
     }

@@ -3,6 +3,7 @@
 //! vhost-user devices (vsock, virtio-fs), so everything above this module is backend-agnostic.
 
 pub mod builtin;
+pub mod control;
 pub mod qemu;
 
 use std::{
@@ -90,8 +91,11 @@ pub struct VmConfig {
     pub initrd: PathBuf,
     /// Kernel command line (the backend may append its device announcements).
     pub cmdline: String,
+    /// vCPUs the VM has (the kernel command line may bring fewer online at boot: `maxcpus=`).
     pub vcpus: u32,
     pub memory_mib: u32,
+    /// Guest RAM (MiB) the balloon holds from boot (room for the pod to grow).
+    pub balloon_mib: u32,
     pub serial_log: PathBuf,
     /// vhost-user socket of the vsock device.
     pub vsock_vhost_socket: PathBuf,
@@ -119,6 +123,8 @@ pub enum HypervisorError {
     NotRunning,
     #[error("preparing the VMM's jail: {0}")]
     Jail(std::io::Error),
+    #[error("the VMM's control channel: {0}")]
+    Control(String),
 }
 
 /// One VM process managed by a backend.
@@ -131,6 +137,11 @@ pub trait Hypervisor: Send {
     /// The VMM process, once started.
     fn vmm(&self) -> Option<&Managed>;
     fn vmm_mut(&mut self) -> Option<&mut Managed>;
+
+    /// Sets how much guest RAM the balloon holds (MiB).
+    fn set_balloon_mib(&mut self, mib: u64) -> Result<(), HypervisorError>;
+    /// The balloon now.
+    fn balloon(&mut self) -> Result<control::BalloonState, HypervisorError>;
 
     /// Pids of the processes the backend started (the VMM).
     fn pids(&self) -> Vec<u32> {
@@ -169,15 +180,16 @@ pub const MAX_VCPUS: u32 = 32;
 pub const MIN_MEMORY_MIB: u32 = 64;
 
 /// What every backend's `start` does: check the config, refuse a second VM, spawn the VMM with
-/// its output in `<work_dir>/<name>.log`, in the pod's netns with its taps attached, and jailed
-/// when `config.vmm_uid` says so (`kvm`: it needs /dev/kvm).
+/// its output in `<work_dir>/<name>.log`, in the pod's netns with its taps and its control
+/// channel attached, and jailed when `config.vmm_uid` says so (`kvm`: it needs /dev/kvm).
+/// Returns the shim's end of the control channel.
 pub fn spawn_vmm(
     slot: &mut Option<Managed>,
     name: &str,
     cmd: std::process::Command,
     config: &VmConfig,
     kvm: bool,
-) -> Result<(), HypervisorError> {
+) -> Result<std::os::unix::net::UnixStream, HypervisorError> {
     validate(config)?;
     if slot.is_some() {
         return Err(HypervisorError::Config(
@@ -197,14 +209,16 @@ pub fn spawn_vmm(
     }
     let taps: Vec<String> = config.net.iter().map(|n| n.tap.clone()).collect();
     crate::jail::attach_taps(&mut cmd, &taps).map_err(HypervisorError::Jail)?;
+    let (control, vmm_end) =
+        crate::jail::attach_control(&mut cmd).map_err(HypervisorError::Jail)?;
     if let Some(uid) = config.vmm_uid {
         jail(&mut cmd, config, uid, kvm).map_err(HypervisorError::Jail)?;
     }
     tracing::debug!(?cmd, "starting {name}");
     let log = config.work_dir.join(format!("{name}.log"));
     *slot = Some(Managed::spawn(name, cmd, Some(&log))?);
-    drop(netns);
-    Ok(())
+    drop((netns, vmm_end));
+    Ok(control)
 }
 
 /// Jails `cmd` (see [`crate::jail`]): it sees its binary, the kernel, initrd, serial log and

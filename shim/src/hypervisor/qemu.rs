@@ -6,6 +6,7 @@
 
 use std::{path::PathBuf, process::Command};
 
+use super::control::{BalloonState, Qmp};
 use super::{spawn_vmm, Accel, BackendKind, Hypervisor, HypervisorError, VmConfig};
 use crate::process::Managed;
 
@@ -15,6 +16,9 @@ pub struct Qemu {
     /// `-cpu` with KVM.
     kvm_cpu: &'static str,
     process: Option<Managed>,
+    qmp: Option<Qmp>,
+    /// The balloon size last asked for (QMP reports only the actual one).
+    balloon_target_mib: u64,
 }
 
 impl Qemu {
@@ -33,7 +37,13 @@ impl Qemu {
             accel,
             kvm_cpu,
             process: None,
+            qmp: None,
+            balloon_target_mib: 0,
         }
+    }
+
+    fn qmp(&mut self) -> Result<&mut Qmp, HypervisorError> {
+        self.qmp.as_mut().ok_or(HypervisorError::NotRunning)
     }
 
     /// The QEMU command line for `config` (without the binary).
@@ -100,6 +110,13 @@ impl Qemu {
         // Free page reporting: the guest reports free 2 MiB blocks and QEMU punches them out of
         // the memfd (for the VMM and the daemons that map it alike).
         push(&["-device", "virtio-balloon-device,free-page-reporting=on"]);
+        // QMP on the inherited control channel (the balloon's size is set through it).
+        push(&[
+            "-chardev",
+            &format!("socket,id=control,fd={}", crate::jail::CONTROL_FD),
+            "-mon",
+            "chardev=control,mode=control",
+        ]);
         a
     }
 }
@@ -116,13 +133,32 @@ impl Hypervisor for Qemu {
     fn start(&mut self, config: &VmConfig) -> Result<(), HypervisorError> {
         let mut cmd = Command::new(&self.binary);
         cmd.args(self.args(config));
-        spawn_vmm(
+        let control = spawn_vmm(
             &mut self.process,
             "qemu",
             cmd,
             config,
             self.accel == Accel::Kvm,
-        )
+        )?;
+        self.qmp = Some(Qmp::new(control, u64::from(config.memory_mib))?);
+        // QEMU has no command-line setting for the balloon's initial size: it is set through
+        // QMP at once (QMP answers within milliseconds, long before the guest's driver starts
+        // and reads it).
+        if config.balloon_mib > 0 {
+            self.set_balloon_mib(u64::from(config.balloon_mib))?;
+        }
+        Ok(())
+    }
+
+    fn set_balloon_mib(&mut self, mib: u64) -> Result<(), HypervisorError> {
+        self.qmp()?.set_balloon_mib(mib)?;
+        self.balloon_target_mib = mib;
+        Ok(())
+    }
+
+    fn balloon(&mut self) -> Result<BalloonState, HypervisorError> {
+        let target = self.balloon_target_mib;
+        self.qmp()?.balloon(target)
     }
 
     fn vmm(&self) -> Option<&Managed> {
@@ -146,6 +182,7 @@ mod tests {
             cmdline: "console=ttyS0".into(),
             vcpus: 2,
             memory_mib: 256,
+            balloon_mib: 0,
             serial_log: "/run/x/serial.log".into(),
             vsock_vhost_socket: "/run/x/vsock.vhost.sock".into(),
             fs: vec![FsDevice {

@@ -2,16 +2,17 @@
 //! rootfs and volumes, agent client, and the event loop that turns guest exits into task events.
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use myvm_protocol::agent::{CreateSandboxRequest, GetEventsRequest, SharedMount};
+use myvm_protocol::agent::{CreateSandboxRequest, GetEventsRequest, SetCpusRequest, SharedMount};
 
 use super::{
     shared_tree::{valid_id, ContainerMounts, SharedTree, SharedTreeError},
-    sizing::Sizing,
+    sizing::{self, Ask, Plan, Sizing},
 };
 use crate::{
     agent_client::AgentClient,
@@ -71,8 +72,10 @@ pub fn volumes_dir(ns: &str, id: &str) -> PathBuf {
 
 pub struct Sandbox {
     pub id: String,
-    /// The VM's memory and vCPUs, as `sizing` decided at boot.
-    pub sizing: Sizing,
+    /// The VM's size at boot and the most it can grow to.
+    pub plan: Plan,
+    /// What the pod has now (grows with its containers), and what each container asks for.
+    size: Mutex<(Sizing, HashMap<String, Ask>)>,
     vm: Mutex<Option<Vm>>,
     pub agent: AgentClient,
     pub uds: PathBuf,
@@ -114,7 +117,7 @@ impl Sandbox {
         ns: &str,
         id: &str,
         config: &Config,
-        sizing: Sizing,
+        plan: Plan,
         hostname: &str,
         netns: Option<&Path>,
     ) -> anyhow::Result<Sandbox> {
@@ -144,7 +147,6 @@ impl Sandbox {
             }
         }
         let volumes_path = host.volumes.as_ref().map(|v| v.path().to_path_buf());
-        let Sizing { memory_mib, vcpus } = sizing;
         // The pod's network (CRI: the netns CNI configured); none for a plain container.
         if let Some(path) = netns {
             match PodNetwork::setup(path) {
@@ -159,7 +161,8 @@ impl Sandbox {
         host.cgroup = match HostCgroup::create(
             &host_cgroup_name(ns, id),
             Limits {
-                memory_bytes: (u64::from(memory_mib) + HOST_OVERHEAD_MIB) << 20,
+                memory_bytes: (plan.guest_ram_mib(plan.initial.memory_mib) + HOST_OVERHEAD_MIB)
+                    << 20,
                 pids: 1024,
             },
         ) {
@@ -172,8 +175,10 @@ impl Sandbox {
         let network = host.network.as_ref();
         let opts = VmOptions {
             backend,
-            vcpus,
-            memory_mib,
+            vcpus: plan.initial.vcpus,
+            max_vcpus: plan.ceiling.vcpus,
+            memory_mib: plan.ceiling.memory_mib,
+            balloon_mib: plan.balloon_mib(plan.initial.memory_mib),
             // The guest writes only inside the rootfs and volumes mounted below them.
             shared_dirs: vec![
                 SharedDir {
@@ -259,13 +264,103 @@ impl Sandbox {
         let serial_log = vm.serial_log().to_path_buf();
         Ok(Sandbox {
             id: id.to_string(),
-            sizing,
+            plan,
+            size: Mutex::new((plan.initial, HashMap::new())),
             uds: vm.vsock_uds().to_path_buf(),
             vm: Mutex::new(Some(vm)),
             agent,
             host,
             serial_log,
         })
+    }
+
+    /// Makes room for `container_id` asking for `ask` (a new container, or an in-place resize,
+    /// whose missing fields keep their values):
+    /// when the pod's containers together need more than the VM gives now, the balloon
+    /// deflates (and the host cgroup follows) and the agent brings vCPUs online. Err: the VM
+    /// cannot hold it, and nothing changed.
+    pub fn fit(&self, container_id: &str, ask: Ask) -> Result<(), String> {
+        let mut size = self.size.lock().unwrap_or_else(|p| p.into_inner());
+        let mut asks = size.1.clone();
+        // An Update may carry only some resources: the others stay as they were.
+        let old = asks.get(container_id).copied().unwrap_or_default();
+        let ask = Ask {
+            memory_bytes: ask.memory_bytes.or(old.memory_bytes),
+            cpus: ask.cpus.or(old.cpus),
+        };
+        asks.insert(container_id.to_string(), ask);
+        let now = size.0;
+        let next = sizing::grow(
+            &self.plan,
+            now,
+            sizing::pod_need(self.plan.initial, asks.values()),
+        )?;
+        if next.memory_mib > now.memory_mib {
+            self.grow_memory(next.memory_mib)?;
+        }
+        if next.vcpus > now.vcpus {
+            let req = SetCpusRequest {
+                online: next.vcpus,
+                ..Default::default()
+            };
+            let r = self
+                .agent
+                .call("SetCpus", |c, ctx| c.set_cpus(ctx, &req))
+                .map_err(|e| format!("bringing vCPUs online: {e}"))?;
+            tracing::info!(
+                sandbox = self.id,
+                online = r.online,
+                present = r.present,
+                "vCPUs online"
+            );
+        }
+        if next != now {
+            tracing::info!(sandbox = self.id, ?now, ?next, "the pod's VM grew");
+        }
+        *size = (next, asks);
+        Ok(())
+    }
+
+    /// Forgets what a removed container asked for (the VM keeps its size).
+    pub fn forget(&self, container_id: &str) {
+        let mut size = self.size.lock().unwrap_or_else(|p| p.into_inner());
+        size.1.remove(container_id);
+    }
+
+    /// What the pod has now.
+    pub fn sizing(&self) -> Sizing {
+        self.size.lock().unwrap_or_else(|p| p.into_inner()).0
+    }
+
+    /// Deflates the balloon so the pod has `memory_mib`, and waits until the guest has the
+    /// memory (it deflates in moments: pages come back to it without the host's help).
+    fn grow_memory(&self, memory_mib: u32) -> Result<(), String> {
+        let target = u64::from(self.plan.balloon_mib(memory_mib));
+        if let Some(cg) = &self.host.cgroup {
+            let bytes = (self.plan.guest_ram_mib(memory_mib) + HOST_OVERHEAD_MIB) << 20;
+            cg.set_memory_max(bytes).map_err(|e| e.to_string())?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut vm = self.vm.lock().unwrap_or_else(|p| p.into_inner());
+        let vm = vm.as_mut().ok_or("the sandbox VM is gone")?;
+        vm.set_balloon_mib(target)
+            .map_err(|e| format!("deflating the balloon: {e}"))?;
+        loop {
+            let b = vm
+                .balloon()
+                .map_err(|e| format!("reading the balloon: {e}"))?;
+            // (QMP reports bytes: a MiB of rounding.)
+            if b.actual_mib <= target + 1 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "the guest still holds {} MiB in its balloon after 10 s (asked for {target})",
+                    b.actual_mib
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Makes the container's directories for its rootfs (in the shared directory) and its

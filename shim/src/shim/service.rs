@@ -100,8 +100,10 @@ impl Inner {
             return Ok(s.clone());
         }
         let config = self.sandbox_config(options)?;
-        let sizing = sizing::sizing(&config, sizing::Host::detect(), annotations, spec)
+        let host = sizing::Host::detect();
+        let sizing = sizing::sizing(&config, host, annotations, spec)
             .map_err(|e| status(Code::INVALID_ARGUMENT, format!("myvm: {e}")))?;
+        let plan = sizing::Plan::new(&config, host, sizing);
         timing::mark(sid, "shim_started", self.started);
         let hostname = spec["hostname"].as_str().unwrap_or_default();
         let netns = spec_netns(spec);
@@ -110,7 +112,7 @@ impl Inner {
                 &self.namespace,
                 sid,
                 &config,
-                sizing,
+                plan,
                 hostname,
                 netns.as_deref(),
             )
@@ -183,6 +185,7 @@ impl Inner {
             {
                 tracing::warn!(container = c.id, "RemoveContainer: {e}");
             }
+            sb.forget(&c.id);
         }
         // Unmounts the rootfs and volumes and removes their mount points.
         c.mounts.lock().unwrap().clear();
@@ -256,7 +259,7 @@ impl Task for Service {
         let sid = sandbox_id_of(&req.id, &annotations);
         check_id(&sid).map_err(|e| status(Code::INVALID_ARGUMENT, format!("myvm: sandbox {e}")))?;
         let sb = inner.ensure_sandbox(&sid, &spec, &annotations, &req.options)?;
-        if let Err(e) = sizing::check_fits(sb.sizing, &spec) {
+        if let Err(e) = sb.fit(&req.id, sizing::container_ask(&spec)) {
             self.cleanup_empty_sandbox();
             return Err(status(Code::INVALID_ARGUMENT, format!("myvm: {e}")));
         }
@@ -277,6 +280,7 @@ impl Task for Service {
         let cm = match prepared {
             Ok(cm) => cm,
             Err(e) => {
+                sb.forget(&req.id);
                 self.cleanup_empty_sandbox();
                 return Err(status(Code::INVALID_ARGUMENT, format!("myvm: {e}")));
             }
@@ -304,6 +308,7 @@ impl Task for Service {
             Ok(r) => r.pid as u32,
             Err(e) => {
                 drop(cm);
+                sb.forget(&req.id);
                 self.cleanup_empty_sandbox();
                 return Err(e);
             }
@@ -652,11 +657,11 @@ impl Task for Service {
             .as_ref()
             .map(|a| a.value.clone())
             .unwrap_or_default();
-        // containerd sends the new `linux.resources` as JSON: memory beyond what the VM holds
-        // is refused here, not accepted into a guest-wide OOM.
+        // containerd sends the new `linux.resources` as JSON: the VM grows for it first, or
+        // the call is refused here (not accepted into a guest-wide OOM).
         let sb = self.inner.sandbox()?;
         if let Ok(new) = serde_json::from_slice::<serde_json::Value>(&resources) {
-            sizing::check_resources_fit(sb.sizing, &new)
+            sb.fit(&req.id, sizing::resources_ask(&new))
                 .map_err(|e| status(Code::INVALID_ARGUMENT, format!("myvm: {e}")))?;
         }
         let r = ag::UpdateContainerRequest {

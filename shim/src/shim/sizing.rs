@@ -11,6 +11,14 @@
 //! for itself, measured with `myvm boot --json --memory M` (MemTotal − MemAvailable at idle):
 //! 42 MiB at M = 256, 61 at 1024, 86 at 2048, that is about 36 MiB plus 2.5 % of M (struct pages
 //! and the like). So M = (L + fixed + headroom) / (1 − 2.5 %).
+//!
+//! Growth ([`Plan`]): the VM boots with `memory_growth_mib` more RAM than that (within the
+//! maxima) and a balloon holding the extra, and with as many vCPUs as the host has (within
+//! `max_vcpus`), the ones above the pod's offline (`maxcpus=`). When the pod's containers together
+//! ask for more (a container added, an in-place resize), the balloon deflates and the agent brings
+//! vCPUs online ([`grow`]); beyond the ceiling the call fails with an error that says so. The
+//! balloon holds 97.5 % of the extra RAM: the other 2.5 % is what that RAM costs the guest itself
+//! (struct pages), so a grown VM offers what a VM booted at that size would.
 
 use std::collections::HashMap;
 
@@ -65,10 +73,11 @@ pub fn container_room(vm_mib: u64) -> u64 {
     (vm_mib * (1000 - GUEST_PER_MILLE) / 1000).saturating_sub(GUEST_FIXED_MIB + HEADROOM_MIB)
 }
 
-/// The host's memory (MiB), the maximum when `max_memory_mib` is left at 0.
+/// The host's memory (MiB), the maximum when `max_memory_mib` is left at 0, and its CPUs.
 #[derive(Debug, Clone, Copy)]
 pub struct Host {
     pub memory_mib: u64,
+    pub cpus: u32,
 }
 
 impl Host {
@@ -81,6 +90,7 @@ impl Host {
             .unwrap_or(u64::MAX);
         Host {
             memory_mib: kib / 1024,
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
         }
     }
 }
@@ -118,7 +128,7 @@ pub fn container_ask(spec: &serde_json::Value) -> Ask {
 }
 
 /// What an OCI `linux.resources` object asks for (a spec's, or an Update's).
-fn resources_ask(r: &serde_json::Value) -> Ask {
+pub fn resources_ask(r: &serde_json::Value) -> Ask {
     Ask {
         memory_bytes: r["memory"]["limit"]
             .as_i64()
@@ -126,6 +136,101 @@ fn resources_ask(r: &serde_json::Value) -> Ask {
             .map(|b| b as u64),
         cpus: cpus(r["cpu"]["quota"].as_i64(), r["cpu"]["period"].as_i64()),
     }
+}
+
+/// The most memory (MiB) and vCPUs a VM may have.
+fn maxima(config: &Config, host: Host) -> (u64, u32) {
+    let max_mib = match config.max_memory_mib {
+        0 => host.memory_mib,
+        m => u64::from(m),
+    };
+    let max_vcpus = match config.max_vcpus {
+        0 => crate::hypervisor::MAX_VCPUS,
+        n => n.min(crate::hypervisor::MAX_VCPUS),
+    };
+    (max_mib, max_vcpus)
+}
+
+/// A pod's VM: the size it starts at and the most it can grow to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// What the pod gets at boot (guest RAM as if the VM were that big; vCPUs online).
+    pub initial: Sizing,
+    /// What the VM boots with: guest RAM (the balloon holds what the pod does not have yet) and
+    /// vCPUs (the ones above the pod's stay offline).
+    pub ceiling: Sizing,
+}
+
+impl Plan {
+    pub fn new(config: &Config, host: Host, initial: Sizing) -> Plan {
+        let (max_mib, max_vcpus) = maxima(config, host);
+        let memory = (u64::from(initial.memory_mib) + u64::from(config.memory_growth_mib))
+            .min(max_mib)
+            .max(u64::from(initial.memory_mib));
+        let vcpus = host.cpus.min(max_vcpus).max(initial.vcpus);
+        Plan {
+            initial,
+            ceiling: Sizing {
+                memory_mib: memory as u32,
+                vcpus,
+            },
+        }
+    }
+
+    /// What the balloon holds for the pod to have `memory_mib` (see the module's notes).
+    pub fn balloon_mib(&self, memory_mib: u32) -> u32 {
+        let extra = u64::from(self.ceiling.memory_mib.saturating_sub(memory_mib));
+        (extra * (1000 - GUEST_PER_MILLE) / 1000) as u32
+    }
+
+    /// The guest RAM (MiB) the guest can touch when the pod has `memory_mib`: what the host
+    /// cgroup must allow the VMM beyond its own overhead.
+    pub fn guest_ram_mib(&self, memory_mib: u32) -> u64 {
+        u64::from(self.ceiling.memory_mib - self.balloon_mib(memory_mib))
+    }
+}
+
+/// What a pod's containers need together: guest RAM for the sum of their memory limits and the
+/// sum of their CPUs, never less than what the pod started with.
+pub fn pod_need<'a>(initial: Sizing, asks: impl Iterator<Item = &'a Ask>) -> Sizing {
+    let (mut bytes, mut cpus, mut any_memory) = (0u64, 0u64, false);
+    for a in asks {
+        if let Some(b) = a.memory_bytes {
+            bytes = bytes.saturating_add(b);
+            any_memory = true;
+        }
+        cpus = cpus.saturating_add(a.cpus.unwrap_or(0));
+    }
+    let memory = if any_memory {
+        vm_memory_for(bytes.div_ceil(1 << 20))
+    } else {
+        0
+    };
+    Sizing {
+        memory_mib: memory
+            .max(u64::from(initial.memory_mib))
+            .min(u64::from(u32::MAX)) as u32,
+        vcpus: cpus.max(u64::from(initial.vcpus)).min(u64::from(u32::MAX)) as u32,
+    }
+}
+
+/// The size a pod at `now` moves to for `need`: memory grows to what is needed or the call
+/// fails (the VM cannot hold it: a guest-wide OOM later is worse than an error now); vCPUs grow
+/// as far as the VM has them (more CPU than vCPUs only runs slower, as under runc). Never
+/// shrinks.
+pub fn grow(plan: &Plan, now: Sizing, need: Sizing) -> Result<Sizing, String> {
+    if need.memory_mib > plan.ceiling.memory_mib {
+        return Err(format!(
+            "the pod's containers together ask for memory that needs a {} MiB VM; this pod's VM \
+             can grow to {} MiB (memory_growth_mib and max_memory_mib in the runtime's \
+             config.toml; give the pod resources that cover its containers)",
+            need.memory_mib, plan.ceiling.memory_mib
+        ));
+    }
+    Ok(Sizing {
+        memory_mib: now.memory_mib.max(need.memory_mib),
+        vcpus: now.vcpus.max(need.vcpus.min(plan.ceiling.vcpus)),
+    })
 }
 
 /// The VM for a sandbox: the pod's ask under CRI, else the container's own.
@@ -139,14 +244,7 @@ pub fn sizing(
         Some(a) => (a, "the pod"),
         None => (container_ask(spec), "the container"),
     };
-    let max_mib = match config.max_memory_mib {
-        0 => host.memory_mib,
-        m => u64::from(m),
-    };
-    let max_vcpus = match config.max_vcpus {
-        0 => crate::hypervisor::MAX_VCPUS,
-        n => n.min(crate::hypervisor::MAX_VCPUS),
-    };
+    let (max_mib, max_vcpus) = maxima(config, host);
     let asked_mib = ask.memory_bytes.map(|b| b.div_ceil(1 << 20));
     let vm_mib = u64::from(config.memory_mib).max(asked_mib.map_or(0, vm_memory_for));
     if vm_mib > max_mib {
@@ -173,32 +271,6 @@ pub fn sizing(
         memory_mib: vm_mib as u32,
         vcpus: vcpus as u32,
     })
-}
-
-/// Refuses a container that asks for more memory than its pod's VM holds (the VM does not
-/// grow yet): a clear error at create instead of a guest-wide OOM later.
-pub fn check_fits(vm: Sizing, spec: &serde_json::Value) -> Result<(), String> {
-    check_resources_fit(vm, &spec["linux"]["resources"])
-}
-
-/// [`check_fits`] for a container's `linux.resources` (also what an Update carries).
-pub fn check_resources_fit(vm: Sizing, resources: &serde_json::Value) -> Result<(), String> {
-    let Some(limit) = resources_ask(resources).memory_bytes else {
-        return Ok(());
-    };
-    let (asked, room) = (
-        limit.div_ceil(1 << 20),
-        container_room(u64::from(vm.memory_mib)),
-    );
-    if asked > room {
-        return Err(format!(
-            "the container asks for {asked} MiB of memory, but its pod's VM ({} MiB) holds \
-             containers of up to {room} MiB; give the pod resources that cover it (a running \
-             pod's VM does not grow yet)",
-            vm.memory_mib
-        ));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -54,6 +54,13 @@ pub struct Cli {
     /// Boot protocol (auto: PVH when the kernel has a PVH note, else the Linux 64-bit protocol).
     #[arg(long, value_enum)]
     pub boot_protocol: Option<BootProtocol>,
+    /// A virtio-balloon (free page reporting on) that holds this many MiB of guest RAM from boot;
+    /// resized through the control channel.
+    #[arg(long)]
+    pub balloon_mib: Option<u32>,
+    /// An inherited, connected stream socket to answer control requests on (see `docs/vmm.md`).
+    #[arg(long)]
+    pub control_fd: Option<i32>,
     /// Print the effective configuration as JSON and exit without creating a VM.
     #[arg(long)]
     pub print_config: bool,
@@ -109,6 +116,12 @@ impl Cli {
         }
         if let Some(b) = self.boot_protocol {
             cfg.boot_protocol = b;
+        }
+        if self.balloon_mib.is_some() {
+            cfg.balloon_mib = self.balloon_mib;
+        }
+        if self.control_fd.is_some() {
+            cfg.control_fd = self.control_fd;
         }
         cfg.validate()?;
         Ok(cfg)

@@ -35,6 +35,10 @@ pub enum ConfigError {
     BadVcpus(u32),
     #[error("memory must be {MIN_MEMORY_MIB}..={MAX_MEMORY_MIB} MiB, got {0} MiB")]
     BadMemory(u32),
+    #[error("balloon of {0} MiB is larger than the guest's {1} MiB")]
+    BadBalloon(u32, u32),
+    #[error("control fd {0} is not an inherited descriptor (must be 3 or more)")]
+    BadControlFd(i32),
     #[error("serial log path is not set")]
     NoSerialLog,
     #[error("serial log directory {0} does not exist")]
@@ -217,6 +221,14 @@ pub struct VmmConfig {
     pub cpu_compat: CpuCompat,
     #[serde(default)]
     pub boot_protocol: BootProtocol,
+    /// A virtio-balloon (with free page reporting) holding this many MiB from boot; None = no
+    /// balloon device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balloon_mib: Option<u32>,
+    /// An inherited, connected stream socket the VMM answers control requests on
+    /// ([`crate::control`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_fd: Option<i32>,
 }
 
 fn default_vcpus() -> u32 {
@@ -245,6 +257,8 @@ impl VmmConfig {
             seccomp: true,
             cpu_compat: CpuCompat::Auto,
             boot_protocol: BootProtocol::Auto,
+            balloon_mib: None,
+            control_fd: None,
         }
     }
 
@@ -257,7 +271,10 @@ impl VmmConfig {
 
     /// Number of virtio-mmio devices this configuration creates.
     pub fn virtio_device_count(&self) -> usize {
-        usize::from(self.vsock_socket.is_some()) + self.fs.len() + self.net.len()
+        usize::from(self.vsock_socket.is_some())
+            + self.fs.len()
+            + self.net.len()
+            + usize::from(self.balloon_mib.is_some())
     }
 
     /// Everything that can be checked without touching KVM.
@@ -278,6 +295,14 @@ impl VmmConfig {
         }
         if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
             return Err(ConfigError::BadMemory(self.memory_mib));
+        }
+        if let Some(b) = self.balloon_mib {
+            if b > self.memory_mib {
+                return Err(ConfigError::BadBalloon(b, self.memory_mib));
+            }
+        }
+        if self.control_fd.is_some_and(|fd| fd < 3) {
+            return Err(ConfigError::BadControlFd(self.control_fd.unwrap_or(-1)));
         }
         if self.serial_log.as_os_str().is_empty() {
             return Err(ConfigError::NoSerialLog);

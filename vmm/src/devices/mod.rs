@@ -4,6 +4,7 @@ pub mod bus;
 pub mod i8042;
 pub mod serial;
 pub mod vhost_user;
+pub mod virtio_balloon;
 pub mod virtio_mmio;
 pub mod virtio_net;
 

@@ -6,6 +6,7 @@ use super::*;
 
 const HOST: Host = Host {
     memory_mib: 24 * 1024,
+    cpus: 2,
 };
 
 fn cri(pairs: &[(&str, &str)]) -> HashMap<String, String> {
@@ -133,14 +134,80 @@ fn container_room_inverts_vm_memory_for() {
     }
 }
 
+fn sz(memory_mib: u32, vcpus: u32) -> Sizing {
+    Sizing { memory_mib, vcpus }
+}
+
+fn ask(mib: u64, cpus: u64) -> Ask {
+    Ask {
+        memory_bytes: (mib > 0).then_some(mib << 20),
+        cpus: (cpus > 0).then_some(cpus),
+    }
+}
+
 #[test]
-fn check_fits_refuses_a_container_bigger_than_its_pods_vm() {
-    let vm = Sizing {
-        memory_mib: 256,
-        vcpus: 1,
+fn a_plan_boots_with_room_to_grow_within_the_maxima() {
+    let p = Plan::new(&Config::default(), HOST, sz(256, 1));
+    assert_eq!(
+        p.ceiling,
+        sz(256 + 1024, 2),
+        "memory_growth_mib; the host's CPUs"
+    );
+    // The balloon holds the extra RAM but what that RAM costs the guest.
+    assert_eq!(p.balloon_mib(256), 1024 * 975 / 1000);
+    assert_eq!(p.balloon_mib(1280), 0);
+    assert_eq!(p.guest_ram_mib(256), 256 + 1024 - 998);
+    // A grown VM offers (to 1 MiB) what a VM booted at that size would.
+    for m in [256u32, 700, 1120] {
+        let available = p.guest_ram_mib(m)
+            - GUEST_FIXED_MIB
+            - u64::from(p.ceiling.memory_mib) * GUEST_PER_MILLE / 1000;
+        let booted = u64::from(m) - GUEST_FIXED_MIB - u64::from(m) * GUEST_PER_MILLE / 1000;
+        assert!(
+            available.abs_diff(booted) <= 1,
+            "{m}: {available} vs {booted}"
+        );
+    }
+    // Within max_memory_mib and max_vcpus; never below the pod's own size.
+    let c = Config {
+        max_memory_mib: 600,
+        max_vcpus: 1,
+        ..Config::default()
     };
-    assert!(check_fits(vm, &json!({})).is_ok());
-    assert!(check_fits(vm, &limits(64 << 20, 0, 0)).is_ok());
-    let e = check_fits(vm, &limits(1 << 30, 0, 0)).unwrap_err();
-    assert!(e.contains("1024 MiB") && e.contains("256 MiB"), "{e}");
+    assert_eq!(Plan::new(&c, HOST, sz(512, 1)).ceiling, sz(600, 1));
+    let c = Config {
+        memory_growth_mib: 0,
+        ..Config::default()
+    };
+    let p = Plan::new(&c, HOST, sz(512, 4));
+    assert_eq!((p.ceiling, p.balloon_mib(512)), (sz(512, 4), 0));
+}
+
+#[test]
+fn a_pod_needs_the_sum_of_its_containers() {
+    let initial = sz(256, 1);
+    assert_eq!(pod_need(initial, [].iter()), initial);
+    assert_eq!(
+        pod_need(initial, [ask(0, 0), ask(32, 0)].iter()),
+        sz(256, 1)
+    );
+    let need = pod_need(initial, [ask(512, 1), ask(512, 2), ask(0, 0)].iter());
+    assert_eq!(need, sz(vm_memory_for(1024) as u32, 3));
+}
+
+#[test]
+fn growth_up_to_the_ceiling_and_a_clear_error_beyond() {
+    let p = Plan::new(&Config::default(), HOST, sz(256, 1));
+    let now = p.initial;
+    assert_eq!(grow(&p, now, sz(256, 1)).unwrap(), now);
+    assert_eq!(grow(&p, now, sz(1120, 2)).unwrap(), sz(1120, 2));
+    // vCPUs stop at what the VM has; memory never shrinks.
+    assert_eq!(grow(&p, sz(1120, 2), sz(512, 8)).unwrap(), sz(1120, 2));
+    let e = grow(&p, now, sz(2048, 1)).unwrap_err();
+    assert!(
+        e.contains("2048 MiB VM")
+            && e.contains("grow to 1280 MiB")
+            && e.contains("memory_growth_mib"),
+        "{e}"
+    );
 }

@@ -120,6 +120,36 @@ pub struct ActiveQueue {
 #[error("{0}")]
 pub struct ActivateError(pub String);
 
+/// A device-side ring for `q` (as the driver configured it), checked against guest memory.
+pub fn build_queue(
+    q: &ActiveQueue,
+    max_size: u16,
+    mem: &GuestMemory,
+    name: &str,
+) -> Result<Queue, ActivateError> {
+    use vm_memory::GuestAddress;
+    let err =
+        |what: &str, e: virtio_queue::Error| ActivateError(format!("{name} queue {what}: {e}"));
+    let mut queue = Queue::new(max_size).map_err(|e| err("size", e))?;
+    queue.try_set_size(q.size).map_err(|e| err("size", e))?;
+    queue
+        .try_set_desc_table_address(GuestAddress(q.desc))
+        .map_err(|e| err("descriptor table", e))?;
+    queue
+        .try_set_avail_ring_address(GuestAddress(q.avail))
+        .map_err(|e| err("available ring", e))?;
+    queue
+        .try_set_used_ring_address(GuestAddress(q.used))
+        .map_err(|e| err("used ring", e))?;
+    queue.set_ready(true);
+    if !queue.is_valid(mem) {
+        return Err(ActivateError(format!(
+            "{name} queue is not valid in guest memory"
+        )));
+    }
+    Ok(queue)
+}
+
 /// A virtio device behind the transport.
 pub trait VirtioDevice: Send {
     fn device_type(&self) -> u32;

@@ -7,8 +7,7 @@ use std::sync::{
     Arc, Mutex, MutexGuard,
 };
 
-use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestAddress;
+use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
 
 use super::{
@@ -17,7 +16,9 @@ use super::{
 };
 use crate::config::NetConfig;
 use crate::devices::vhost_user::VIRTIO_RING_F_INDIRECT_DESC;
-use crate::devices::virtio_mmio::{ActivateError, ActiveQueue, VirtioDevice, VIRTIO_F_VERSION_1};
+use crate::devices::virtio_mmio::{
+    build_queue, ActivateError, ActiveQueue, VirtioDevice, VIRTIO_F_VERSION_1,
+};
 use crate::memory::GuestMemory;
 
 /// `struct virtio_net_config` up to `mtu`: mac[6], status (le16), max_virtqueue_pairs (le16),
@@ -113,26 +114,7 @@ impl NetDevice {
 
     fn queue(&self, q: Option<&ActiveQueue>, name: &str) -> Result<Queue, ActivateError> {
         let q = q.ok_or_else(|| ActivateError(format!("{name} queue is not ready")))?;
-        let err =
-            |what: &str, e: virtio_queue::Error| ActivateError(format!("{name} queue {what}: {e}"));
-        let mut queue = Queue::new(QUEUE_SIZE).map_err(|e| err("size", e))?;
-        queue.try_set_size(q.size).map_err(|e| err("size", e))?;
-        queue
-            .try_set_desc_table_address(GuestAddress(q.desc))
-            .map_err(|e| err("descriptor table", e))?;
-        queue
-            .try_set_avail_ring_address(GuestAddress(q.avail))
-            .map_err(|e| err("available ring", e))?;
-        queue
-            .try_set_used_ring_address(GuestAddress(q.used))
-            .map_err(|e| err("used ring", e))?;
-        queue.set_ready(true);
-        if !queue.is_valid(&self.mem) {
-            return Err(ActivateError(format!(
-                "{name} queue is not valid in guest memory"
-            )));
-        }
-        Ok(queue)
+        build_queue(q, QUEUE_SIZE, &self.mem, name)
     }
 }
 
