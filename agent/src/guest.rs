@@ -107,6 +107,81 @@ pub fn set_online_cpus_in(root: &std::path::Path, want: u32) -> Result<(u32, u32
     Ok((online as u32, present.len() as u32))
 }
 
+/// A sysfs number, hex with or without `0x` (memmap's `start`, `block_size_bytes`).
+fn hex(s: &str) -> Option<u64> {
+    let s = s.trim();
+    u64::from_str_radix(s.strip_prefix("0x").unwrap_or(s), 16).ok()
+}
+
+/// Adds memory until the guest has at least `want_mib` (in whole memory blocks), under the sysfs
+/// root `sys` (normally /sys): every block of "System RAM" in the firmware's memory map
+/// (`firmware/memmap`, the map before `mem=` trimmed it) that is not present yet, lowest first,
+/// added by `add` (the kernel's way: [`probe_and_online`]). Returns the MiB present afterwards.
+pub fn set_memory_in(
+    sys: &std::path::Path,
+    want_mib: u64,
+    mut add: impl FnMut(&std::path::Path, u64, u64) -> Result<()>,
+) -> Result<u64> {
+    let mem = sys.join("devices/system/memory");
+    let block = fs::read_to_string(mem.join("block_size_bytes"))
+        .ok()
+        .and_then(|s| hex(&s))
+        .filter(|b| *b > 0)
+        .context("reading the memory block size")?;
+    let present = |addr: u64| mem.join(format!("memory{}", addr / block)).exists();
+    let count_present = || -> Result<u64> {
+        Ok(fs::read_dir(&mem)
+            .context("listing memory blocks")?
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                n.strip_prefix("memory")
+                    .is_some_and(|k| k.parse::<u64>().is_ok())
+            })
+            .count() as u64
+            * block)
+    };
+    let want = want_mib << 20;
+    let mut have = count_present()?;
+    if have >= want {
+        return Ok(have >> 20);
+    }
+    // Firmware RAM ranges, in address order.
+    let mut ranges = Vec::new();
+    for e in fs::read_dir(sys.join("firmware/memmap")).context("reading the firmware memory map")? {
+        let d = e?.path();
+        let read = |f: &str| fs::read_to_string(d.join(f)).unwrap_or_default();
+        if read("type").trim() != "System RAM" {
+            continue;
+        }
+        if let (Some(start), Some(end)) = (hex(&read("start")), hex(&read("end"))) {
+            ranges.push((start, end)); // end is inclusive
+        }
+    }
+    ranges.sort_unstable();
+    for (start, end) in ranges {
+        let mut addr = start.div_ceil(block) * block;
+        while have < want && addr.checked_add(block - 1).is_some_and(|last| last <= end) {
+            if !present(addr) {
+                add(&mem, addr, block)?;
+                have += block;
+            }
+            addr += block;
+        }
+    }
+    Ok(have >> 20)
+}
+
+/// Adds the memory block at `addr` (the memory sysfs directory `mem`, blocks of `block` bytes)
+/// through the probe interface and brings it online.
+pub fn probe_and_online(mem: &std::path::Path, addr: u64, block: u64) -> Result<()> {
+    fs::write(mem.join("probe"), format!("{addr:#x}"))
+        .with_context(|| format!("probing memory at {addr:#x}"))?;
+    let state = mem.join(format!("memory{}/state", addr / block));
+    fs::write(&state, "online").with_context(|| format!("onlining memory at {addr:#x}"))
+}
+
 /// Time since the kernel booted (CLOCK_BOOTTIME).
 pub fn uptime_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
@@ -167,5 +242,74 @@ mod tests {
         assert_eq!(set_online_cpus_in(&dir, 0).unwrap(), (1, 4));
         assert_eq!(online(1).trim(), "0");
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A fake sysfs: firmware RAM `ranges` (inclusive ends), 128 MiB blocks, `present` blocks.
+    fn fake_sys(ranges: &[(u64, u64)], present: &[u64]) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "myvm-mem-{}-{}",
+            std::process::id(),
+            present.len() * 100 + ranges.len()
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        let mem = dir.join("devices/system/memory");
+        fs::create_dir_all(&mem).unwrap();
+        fs::write(mem.join("block_size_bytes"), "8000000\n").unwrap();
+        for b in present {
+            fs::create_dir_all(mem.join(format!("memory{b}"))).unwrap();
+        }
+        for (i, (s, e)) in ranges.iter().enumerate() {
+            let d = dir.join(format!("firmware/memmap/{i}"));
+            fs::create_dir_all(&d).unwrap();
+            fs::write(d.join("start"), format!("{s:#x}\n")).unwrap();
+            fs::write(d.join("end"), format!("{e:#x}\n")).unwrap();
+            fs::write(d.join("type"), "System RAM\n").unwrap();
+        }
+        // A reserved range is never probed.
+        let d = dir.join("firmware/memmap/9");
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("start"), "0x200000000").unwrap();
+        fs::write(d.join("end"), "0x3ffffffff").unwrap();
+        fs::write(d.join("type"), "Reserved").unwrap();
+        dir
+    }
+
+    #[test]
+    fn memory_grows_by_the_blocks_of_firmware_ram_not_present() {
+        const M: u64 = 1 << 20;
+        // RAM 0-640K, 1M-1280M (booted with mem=384M: blocks 0-2 present), then past a gap.
+        let sys = fake_sys(
+            &[
+                (0, 0x9_ffff),
+                (M, 1280 * M - 1),
+                (0x1_0000_0000, 0x1_0000_0000 + 256 * M - 1),
+            ],
+            &[0, 1, 2],
+        );
+        // The kernel's part, faked: the block appears.
+        let mut added = Vec::new();
+        let mut add = |mem: &std::path::Path, addr: u64, block: u64| -> Result<()> {
+            fs::create_dir_all(mem.join(format!("memory{}", addr / block)))?;
+            added.push(addr);
+            Ok(())
+        };
+        assert_eq!(
+            set_memory_in(&sys, 300, &mut add).unwrap(),
+            384,
+            "enough already"
+        );
+        assert_eq!(set_memory_in(&sys, 700, &mut add).unwrap(), 768);
+        // Up to everything there is: the rest below 1280M, then above the gap (not the
+        // reserved range).
+        assert_eq!(set_memory_in(&sys, 100_000, &mut add).unwrap(), 1536);
+        assert_eq!(
+            added,
+            [3, 4, 5, 6, 7, 8, 9]
+                .iter()
+                .map(|b| b * 128 * M)
+                .chain([0x1_0000_0000, 0x1_0800_0000])
+                .collect::<Vec<_>>()
+        );
+        fs::remove_dir_all(&sys).unwrap();
     }
 }

@@ -148,6 +148,20 @@ impl agent_ttrpc::Agent for AgentService {
         })
     }
 
+    fn set_memory(&self, _: &TtrpcContext, req: SetMemoryRequest) -> R<SetMemoryResponse> {
+        let mib = crate::guest::set_memory_in(
+            std::path::Path::new("/sys"),
+            req.mib,
+            crate::guest::probe_and_online,
+        )
+        .map_err(internal)?;
+        tracing::info!(asked = req.mib, mib, "guest memory");
+        Ok(SetMemoryResponse {
+            mib,
+            ..Default::default()
+        })
+    }
+
     fn shutdown(&self, _: &TtrpcContext, _: ShutdownRequest) -> R<ShutdownResponse> {
         tracing::info!(
             uptime_s = self.started.elapsed().as_secs(),

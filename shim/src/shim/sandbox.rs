@@ -8,11 +8,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use myvm_protocol::agent::{CreateSandboxRequest, GetEventsRequest, SetCpusRequest, SharedMount};
+use myvm_protocol::agent::{
+    CreateSandboxRequest, GetEventsRequest, SetCpusRequest, SetMemoryRequest, SharedMount,
+};
 
 use super::{
     shared_tree::{valid_id, ContainerMounts, SharedTree, SharedTreeError},
-    sizing::{self, Ask, Plan, Sizing},
+    sizing::{self, Ask, Growth, Plan, Sizing},
 };
 use crate::{
     agent_client::AgentClient,
@@ -197,7 +199,10 @@ impl Sandbox {
             run_root: sandboxes_root(ns),
             id: Some(vm_dir_name(id)),
             boot_timeout: Duration::from_secs(config.boot_timeout_s),
-            extra_cmdline: config.kernel_params.clone(),
+            extra_cmdline: match plan.kernel_param() {
+                Some(p) => format!("{} {p}", config.kernel_params),
+                None => config.kernel_params.clone(),
+            },
             net: network.map(PodNetwork::devices).unwrap_or_default(),
             netns: network.map(|n| n.netns.clone()),
             host_cgroup: host.cgroup.clone(),
@@ -332,14 +337,40 @@ impl Sandbox {
         self.size.lock().unwrap_or_else(|p| p.into_inner()).0
     }
 
-    /// Deflates the balloon so the pod has `memory_mib`, and waits until the guest has the
-    /// memory (it deflates in moments: pages come back to it without the host's help).
-    fn grow_memory(&self, memory_mib: u32) -> Result<(), String> {
-        let target = u64::from(self.plan.balloon_mib(memory_mib));
+    /// Gives the guest `memory_mib` (hot-added blocks, or a deflated balloon) after raising the
+    /// host cgroup for it; returns what the guest has now.
+    fn grow_memory(&self, memory_mib: u32) -> Result<u32, String> {
         if let Some(cg) = &self.host.cgroup {
             let bytes = (self.plan.guest_ram_mib(memory_mib) + HOST_OVERHEAD_MIB) << 20;
             cg.set_memory_max(bytes).map_err(|e| e.to_string())?;
         }
+        match self.plan.growth {
+            Growth::Fixed => Err("this pod's VM does not grow".into()),
+            Growth::Hotplug => {
+                let req = SetMemoryRequest {
+                    mib: u64::from(memory_mib),
+                    ..Default::default()
+                };
+                let r = self
+                    .agent
+                    .call("SetMemory", |c, ctx| c.set_memory(ctx, &req))
+                    .map_err(|e| format!("adding memory to the guest: {e}"))?;
+                if r.mib < u64::from(memory_mib) {
+                    return Err(format!(
+                        "the guest has {} MiB after adding memory, not the {memory_mib} MiB asked",
+                        r.mib
+                    ));
+                }
+                Ok(r.mib as u32)
+            }
+            Growth::Balloon => self.deflate(memory_mib).map(|()| memory_mib),
+        }
+    }
+
+    /// Deflates the balloon so the pod has `memory_mib`, and waits until the guest has the
+    /// memory (it deflates in moments: pages come back to it without the host's help).
+    fn deflate(&self, memory_mib: u32) -> Result<(), String> {
+        let target = u64::from(self.plan.balloon_mib(memory_mib));
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut vm = self.vm.lock().unwrap_or_else(|p| p.into_inner());
         let vm = vm.as_mut().ok_or("the sandbox VM is gone")?;

@@ -13,12 +13,15 @@
 //! and the like). So M = (L + fixed + headroom) / (1 − 2.5 %).
 //!
 //! Growth ([`Plan`]): the VM boots with `memory_growth_mib` more RAM than that (within the
-//! maxima) and a balloon holding the extra, and with as many vCPUs as the host has (within
-//! `max_vcpus`), the ones above the pod's offline (`maxcpus=`). When the pod's containers together
-//! ask for more (a container added, an in-place resize), the balloon deflates and the agent brings
-//! vCPUs online ([`grow`]); beyond the ceiling the call fails with an error that says so. The
-//! balloon holds 97.5 % of the extra RAM: the other 2.5 % is what that RAM costs the guest itself
-//! (struct pages), so a grown VM offers what a VM booted at that size would.
+//! maxima) and with as many vCPUs as the host has (within `max_vcpus`), the ones above the pod's
+//! offline (`maxcpus=`). The guest is held to the pod's size with `mem=` (rounded up to 128 MiB
+//! memory blocks) and never touches the rest until the pod needs it; then the agent hot-adds
+//! blocks ([`Growth::Hotplug`]). A VM too big at boot for `mem=` has a balloon hold the extra
+//! instead ([`Growth::Balloon`]): 97.5 % of it, the other 2.5 % being what that RAM costs the
+//! guest itself (struct pages), so a grown VM offers what a VM booted at that size would. When
+//! the pod's containers together ask for more (a container added, an in-place resize), the VM
+//! grows and the agent brings vCPUs online ([`grow`]); beyond the ceiling the call fails with an
+//! error that says so.
 
 use std::collections::HashMap;
 
@@ -151,42 +154,97 @@ fn maxima(config: &Config, host: Host) -> (u64, u32) {
     (max_mib, max_vcpus)
 }
 
+/// The guest's memory block (x86_64 below 64 GiB): the unit memory is hot-added in.
+pub const BLOCK_MIB: u32 = 128;
+/// The largest boot memory (MiB) a guest can be held to with `mem=`: `mem=` is an address
+/// limit, so the RAM it keeps must lie below every backend's 32-bit MMIO gap (myvm-vmm's starts
+/// at 3.25 GiB, QEMU microvm's at 3 GiB or more).
+pub const HOTPLUG_MAX_BOOT_MIB: u32 = 2048;
+
+/// How a pod's VM grows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Growth {
+    /// It does not (`memory_growth_mib = 0`, or no room under the maxima).
+    Fixed,
+    /// The guest boots with `mem=` its size and the agent hot-adds memory blocks the VM already
+    /// has (probe interface): costs nothing until used.
+    Hotplug,
+    /// For a VM too big at boot for `mem=`: a balloon holds the extra RAM from boot (the guest
+    /// inflates it while it boots, which takes time) and deflates to grow.
+    Balloon,
+}
+
 /// A pod's VM: the size it starts at and the most it can grow to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Plan {
-    /// What the pod gets at boot (guest RAM as if the VM were that big; vCPUs online).
+    /// What the pod gets at boot (guest memory; vCPUs online).
     pub initial: Sizing,
-    /// What the VM boots with: guest RAM (the balloon holds what the pod does not have yet) and
-    /// vCPUs (the ones above the pod's stay offline).
+    /// What the VM boots with: guest RAM and vCPUs (the ones above the pod's stay offline).
     pub ceiling: Sizing,
+    pub growth: Growth,
 }
 
 impl Plan {
-    pub fn new(config: &Config, host: Host, initial: Sizing) -> Plan {
+    pub fn new(config: &Config, host: Host, asked: Sizing) -> Plan {
         let (max_mib, max_vcpus) = maxima(config, host);
-        let memory = (u64::from(initial.memory_mib) + u64::from(config.memory_growth_mib))
-            .min(max_mib)
-            .max(u64::from(initial.memory_mib));
-        let vcpus = host.cpus.min(max_vcpus).max(initial.vcpus);
+        let max_mib = u32::try_from(max_mib).unwrap_or(u32::MAX);
+        let vcpus = host.cpus.min(max_vcpus).max(asked.vcpus);
+        let grow = config.memory_growth_mib;
+        let rounded = asked.memory_mib.next_multiple_of(BLOCK_MIB);
+        let (initial, ceiling, growth) = if grow == 0 {
+            (asked.memory_mib, asked.memory_mib, Growth::Fixed)
+        } else if rounded <= HOTPLUG_MAX_BOOT_MIB && rounded <= max_mib {
+            let ceiling = rounded
+                .saturating_add(grow.next_multiple_of(BLOCK_MIB))
+                .min(max_mib / BLOCK_MIB * BLOCK_MIB)
+                .max(rounded);
+            (rounded, ceiling, Growth::Hotplug)
+        } else {
+            let ceiling = asked.memory_mib.saturating_add(grow).min(max_mib);
+            (
+                asked.memory_mib,
+                ceiling.max(asked.memory_mib),
+                Growth::Balloon,
+            )
+        };
         Plan {
-            initial,
+            initial: Sizing {
+                memory_mib: initial,
+                vcpus: asked.vcpus,
+            },
             ceiling: Sizing {
-                memory_mib: memory as u32,
+                memory_mib: ceiling,
                 vcpus,
+            },
+            growth: if ceiling > initial {
+                growth
+            } else {
+                Growth::Fixed
             },
         }
     }
 
     /// What the balloon holds for the pod to have `memory_mib` (see the module's notes).
     pub fn balloon_mib(&self, memory_mib: u32) -> u32 {
+        if self.growth != Growth::Balloon {
+            return 0;
+        }
         let extra = u64::from(self.ceiling.memory_mib.saturating_sub(memory_mib));
         (extra * (1000 - GUEST_PER_MILLE) / 1000) as u32
+    }
+
+    /// The kernel parameter that holds the guest to its initial memory, if it grows by hotplug.
+    pub fn kernel_param(&self) -> Option<String> {
+        (self.growth == Growth::Hotplug).then(|| format!("mem={}M", self.initial.memory_mib))
     }
 
     /// The guest RAM (MiB) the guest can touch when the pod has `memory_mib`: what the host
     /// cgroup must allow the VMM beyond its own overhead.
     pub fn guest_ram_mib(&self, memory_mib: u32) -> u64 {
-        u64::from(self.ceiling.memory_mib - self.balloon_mib(memory_mib))
+        match self.growth {
+            Growth::Balloon => u64::from(self.ceiling.memory_mib - self.balloon_mib(memory_mib)),
+            Growth::Fixed | Growth::Hotplug => u64::from(memory_mib),
+        }
     }
 }
 

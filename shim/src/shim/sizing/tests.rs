@@ -147,18 +147,27 @@ fn ask(mib: u64, cpus: u64) -> Ask {
 
 #[test]
 fn a_plan_boots_with_room_to_grow_within_the_maxima() {
+    // Hotplug: the guest is held to its size (in 128 MiB blocks) with mem=; the VM has 1 GiB more.
     let p = Plan::new(&Config::default(), HOST, sz(256, 1));
+    assert_eq!(p.growth, Growth::Hotplug);
     assert_eq!(
-        p.ceiling,
-        sz(256 + 1024, 2),
-        "memory_growth_mib; the host's CPUs"
+        (p.initial, p.ceiling),
+        (sz(256, 1), sz(256 + 1024, 2)),
+        "the host's CPUs"
     );
-    // The balloon holds the extra RAM but what that RAM costs the guest.
-    assert_eq!(p.balloon_mib(256), 1024 * 975 / 1000);
-    assert_eq!(p.balloon_mib(1280), 0);
-    assert_eq!(p.guest_ram_mib(256), 256 + 1024 - 998);
+    assert_eq!(p.kernel_param().as_deref(), Some("mem=256M"));
+    assert_eq!((p.balloon_mib(256), p.guest_ram_mib(640)), (0, 640));
+    let p = Plan::new(&Config::default(), HOST, sz(1120, 2));
+    assert_eq!((p.initial.memory_mib, p.ceiling.memory_mib), (1152, 2176));
+    // Too big at boot for mem=: a balloon holds the extra but what that RAM costs the guest.
+    let p = Plan::new(&Config::default(), HOST, sz(3000, 1));
+    assert_eq!(p.growth, Growth::Balloon);
+    assert_eq!((p.initial.memory_mib, p.ceiling.memory_mib), (3000, 4024));
+    assert_eq!(p.kernel_param(), None);
+    assert_eq!(p.balloon_mib(3000), 1024 * 975 / 1000);
+    assert_eq!(p.balloon_mib(4024), 0);
     // A grown VM offers (to 1 MiB) what a VM booted at that size would.
-    for m in [256u32, 700, 1120] {
+    for m in [3000u32, 3500, 4024] {
         let available = p.guest_ram_mib(m)
             - GUEST_FIXED_MIB
             - u64::from(p.ceiling.memory_mib) * GUEST_PER_MILLE / 1000;
@@ -174,13 +183,20 @@ fn a_plan_boots_with_room_to_grow_within_the_maxima() {
         max_vcpus: 1,
         ..Config::default()
     };
-    assert_eq!(Plan::new(&c, HOST, sz(512, 1)).ceiling, sz(600, 1));
+    let p = Plan::new(&c, HOST, sz(256, 1));
+    assert_eq!((p.ceiling, p.growth), (sz(512, 1), Growth::Hotplug));
+    let p = Plan::new(&c, HOST, sz(600, 1));
+    assert_eq!((p.ceiling, p.growth), (sz(600, 1), Growth::Fixed));
     let c = Config {
         memory_growth_mib: 0,
         ..Config::default()
     };
-    let p = Plan::new(&c, HOST, sz(512, 4));
-    assert_eq!((p.ceiling, p.balloon_mib(512)), (sz(512, 4), 0));
+    let p = Plan::new(&c, HOST, sz(500, 4));
+    assert_eq!(
+        (p.initial, p.ceiling, p.growth),
+        (sz(500, 4), sz(500, 4), Growth::Fixed)
+    );
+    assert_eq!((p.balloon_mib(500), p.kernel_param()), (0, None));
 }
 
 #[test]
@@ -200,6 +216,7 @@ fn growth_up_to_the_ceiling_and_a_clear_error_beyond() {
     let p = Plan::new(&Config::default(), HOST, sz(256, 1));
     let now = p.initial;
     assert_eq!(grow(&p, now, sz(256, 1)).unwrap(), now);
+    assert_eq!(grow(&p, now, sz(200, 1)).unwrap(), now);
     assert_eq!(grow(&p, now, sz(1120, 2)).unwrap(), sz(1120, 2));
     // vCPUs stop at what the VM has; memory never shrinks.
     assert_eq!(grow(&p, sz(1120, 2), sz(512, 8)).unwrap(), sz(1120, 2));
