@@ -16,6 +16,9 @@ written as JSON (build/bench.json).
      VMM RSS and pod PSS, all side by side in one L1 run
   8. memory given back (qemu/TCG): host PSS of a pod (`ctr run --memory-limit 1GiB`) idle, holding
      400 MiB, and 10 s after freeing it (free page reporting)
+  9. what room to grow costs (qemu/TCG): `ctr run --rm true` and an idle pod's PSS with
+     memory_growth_mib = 1024 (the default: hot-pluggable RAM the guest boots without) vs 0,
+     alternated
 Env: BENCH_RUNS (default 5), BENCH_PODS (default 4).
 """
 import json, os, statistics, subprocess, sys, tempfile, time
@@ -198,6 +201,27 @@ def main():
         subprocess.run(ctr + ["task", "rm", "fpr"], capture_output=True)
         subprocess.run(ctr + ["container", "rm", "fpr"], capture_output=True)
 
+        # 9. what room to grow costs: default (1 GiB hot-pluggable) vs none, alternated
+        cfgs = {}
+        for g in (1024, 0):
+            cfgs[g] = f"{d}/growth{g}.toml"
+            with open(cfgs[g], "w") as f:
+                f.write(f"memory_growth_mib = {g}\n")
+        grow = {g: [] for g in cfgs}
+        for i in range(RUNS):
+            for g, cfg in cfgs.items():
+                t = time.monotonic()
+                sh(*ctr, "run", "--rm", "--null-io", "--runtime", MYVM, "--runtime-config-path", cfg, IMAGE, f"g{g}-{i}", "true")
+                grow[g].append(time.monotonic() - t)
+        res["growth_room"] = {f"ctr_run_s_growth_{g}": stats(v) for g, v in grow.items()}
+        for g, cfg in cfgs.items():
+            sh(*ctr, "run", "-d", "--null-io", "--runtime", MYVM, "--runtime-config-path", cfg, IMAGE, f"gidle{g}", "sleep", "1000")
+            time.sleep(2)
+            res["growth_room"][f"pod_pss_mib_growth_{g}"] = sum(pss_kib(p) for s in shims(sock) for p in descendants(s)) / 1024
+            sh(*ctr, "task", "kill", "-s", "KILL", f"gidle{g}"); time.sleep(1)
+            subprocess.run(ctr + ["task", "rm", f"gidle{g}"], capture_output=True)
+            subprocess.run(ctr + ["container", "rm", f"gidle{g}"], capture_output=True)
+
         # 5. stdio throughput
         t = time.monotonic()
         out = subprocess.run(ctr + ["run", "--rm", "--runtime", MYVM, IMAGE, "cat", "head", "-c", "67108864", "/dev/zero"],
@@ -255,6 +279,12 @@ def main():
     print(f"{'pod PSS (qemu/tcg, 1 GiB limit): idle [MiB]':48} {g['idle_mib']:10.1f}")
     print(f"{'  holding 400 MiB [MiB]':48} {g['holding_400_mib']:10.1f}")
     print(f"{'  10 s after freeing it [MiB]':48} {g['freed_10s_mib']:10.1f}")
+    gr = r["growth_room"]
+    for g in (1024, 0):
+        v = gr[f"ctr_run_s_growth_{g}"]
+        print(f"{f'ctr run --rm true, memory_growth_mib={g} [s]':48} {v['median']:10.3f} {v['min']:9.3f} {v['max']:9.3f}")
+    for g in (1024, 0):
+        print(f"{f'idle pod PSS, memory_growth_mib={g} [MiB]':48} {gr[f'pod_pss_mib_growth_{g}']:10.1f}")
     print("\nbuiltin VMM vs QEMU on this /dev/kvm:\n" + r["vmm_vs_qemu"])
     print(f"\nL1 nested KVM (myvm on KVM inside a TCG VM emulating AMD SVM; medians of {RUNS}; see docs/performance.md):")
     l = r["l1"]

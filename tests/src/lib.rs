@@ -155,6 +155,17 @@ pub fn status_field(pid: u32, field: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The guest RAM a VMM holds (MiB): guest RAM is a shared memfd, so its resident pages show as
+/// the VMM's RssShmem.
+pub fn guest_resident_mib(vmm: u32) -> u64 {
+    let kib: u64 = status_field(vmm, "RssShmem:")
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    kib / 1024
+}
+
 /// Checks that `pid` (a VMM) runs jailed: a VMM uid, no groups, no capabilities, no_new_privs,
 /// in a mount namespace of its own whose root holds the host's /usr but not its homes, its
 /// users or containerd's state, and device nodes only for null, zero, urandom (and kvm).

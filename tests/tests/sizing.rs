@@ -188,17 +188,6 @@ fn a_cri_pod_grows_for_a_resize_and_refuses_beyond_its_ceiling() {
     cri.remove_pod(&pod).expect("remove pod");
 }
 
-/// The guest RAM a VMM holds (MiB): guest RAM is a shared memfd, so its resident pages show as
-/// the VMM's RssShmem.
-fn guest_resident_mib(vmm: u32) -> u64 {
-    let kib: u64 = myvm_tests::status_field(vmm, "RssShmem:")
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .unwrap_or(0);
-    kib / 1024
-}
-
 /// Free page reporting, on the qemu backend (the builtin VMM's is tested in L1 and in its unit
 /// tests).
 #[test]
@@ -233,12 +222,12 @@ fn memory_a_container_frees_goes_back_to_the_host() {
             String::from_utf8_lossy(&o.stderr)
         );
     };
-    let idle = guest_resident_mib(vmm);
+    let idle = myvm_tests::guest_resident_mib(vmm);
     exec(
         "fill",
         "dd if=/dev/zero of=/big/f bs=1M count=400 2>/dev/null",
     );
-    let held = guest_resident_mib(vmm);
+    let held = myvm_tests::guest_resident_mib(vmm);
     assert!(
         held >= idle + 350, // (some of the 400 MiB may land on pages touched before)
         "idle {idle} MiB, after 400 MiB written {held} MiB"
@@ -250,7 +239,7 @@ fn memory_a_container_frees_goes_back_to_the_host() {
         "the VMM to give the freed guest memory back",
         Duration::from_secs(60),
         || {
-            now = guest_resident_mib(vmm);
+            now = myvm_tests::guest_resident_mib(vmm);
             now + 300 < held
         },
     );

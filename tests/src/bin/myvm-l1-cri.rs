@@ -79,6 +79,43 @@ fn main() {
     myvm_tests::assert_jailed(vmms[0]);
     println!("ok: VMM {} jailed", vmms[0]);
 
+    // An in-place resize grows the VM (memory hot-added): 400 MiB, which the pod's 256 MiB
+    // could not hold, are then held (dd's buffer, kept while it waits on a pipe); and once freed,
+    // free page reporting gives them back to the node.
+    let vmm = vmms[0];
+    let idle = myvm_tests::guest_resident_mib(vmm);
+    cri.update_resources(
+        &side,
+        myvm_tests::cri::v1::LinuxContainerResources {
+            memory_limit_in_bytes: 512 << 20,
+            ..Default::default()
+        },
+    )
+    .expect("a resize the VM grows for");
+    cri.sh(
+        &side,
+        "(dd if=/dev/zero bs=400M count=1 | sleep 15) >/dev/null 2>&1 &",
+    );
+    let wait = |what: &str, secs: u64, cond: &dyn Fn(u64) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let now = myvm_tests::guest_resident_mib(vmm);
+            if cond(now) {
+                return now;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: guest RAM {now} MiB (idle {idle})"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    };
+    let held = wait("holding 400 MiB after the resize", 120, &|m| {
+        m >= idle + 350
+    });
+    let freed = wait("given back after the free", 120, &|m| m + 250 < held);
+    println!("ok: grew for a resize; guest RAM idle {idle}, holding {held}, freed {freed} MiB");
+
     cri.stop_container(&side, 0).expect("StopContainer");
     cri.remove_pod(&pod).expect("remove pod");
     // The shim and its children exit just after RemovePodSandbox returns.
