@@ -289,7 +289,9 @@ def main():
     print(f"\nL1 nested KVM (myvm on KVM inside a TCG VM emulating AMD SVM; medians of {RUNS}; see docs/performance.md):")
     l = r["l1"]
     rows = [("myvm boot: VMM start -> agent READY [ms]", "boot_ms"), ("ctr run --rm true [s]", "ctr_run_s"),
-            ("VMM RSS of an idle pod, guest RAM incl. [MiB]", "vmm_rss_mib"), ("host PSS of an idle pod [MiB]", "pod_pss_mib")]
+            ("VMM RSS of an idle pod, guest RAM incl. [MiB]", "vmm_rss_mib"), ("host PSS of an idle pod [MiB]", "pod_pss_mib"),
+            ("1 GiB pod PSS: idle [MiB]", "fpr_idle_mib"), ("  holding 400 MiB [MiB]", "fpr_holding_mib"),
+            ("  10 s after freeing it [MiB]", "fpr_freed_mib")]
     print(f"{'measure':48} {'builtin':>10} {'qemu-kvm':>9} {'runc':>9}")
     for label, key in rows:
         cells = [f"{l[f'{key}_{b}']:.2f}" if f"{key}_{b}" in l else "-" for b in ("builtin", "qemu", "runc")]

@@ -22,6 +22,25 @@ pub const PVM_COMPAT_ARGS: &str = "noxsave clearcpuid=cx16,popcnt,rdrand,rdseed,
 
 /// Builds the full command line: the user's part, `extra` parameters (before any `--` init
 /// arguments) and the virtio-mmio device announcements.
+/// The guest's `mem=` (bytes; `K`, `M`, `G` suffixes as the kernel reads them), the last one
+/// before any ` -- ` init arguments; None without one.
+pub fn mem_limit(cmdline: &str) -> Option<u64> {
+    let kernel_part = cmdline.split(" -- ").next().unwrap_or("");
+    kernel_part
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("mem="))
+        .last()
+        .and_then(|v| {
+            let (digits, shift) = match v.as_bytes().last()? {
+                b'K' | b'k' => (&v[..v.len() - 1], 10),
+                b'M' | b'm' => (&v[..v.len() - 1], 20),
+                b'G' | b'g' => (&v[..v.len() - 1], 30),
+                _ => (v, 0),
+            };
+            digits.parse::<u64>().ok()?.checked_mul(1 << shift)
+        })
+}
+
 pub fn build(user: &str, extra: &str, slots: &[VirtioSlot]) -> Result<String, CmdlineError> {
     // Capacity larger than the kernel's limit: the length is checked by the caller with a clear
     // message; here we only build.
@@ -79,5 +98,16 @@ mod tests {
             "console=ttyS0 noxsave clearcpuid=cx16,popcnt,rdrand,rdseed,smap \
              virtio_mmio.device=4K@0xd0000000:5 -- foo"
         );
+    }
+
+    #[test]
+    fn mem_limit_as_the_kernel_reads_it() {
+        assert_eq!(mem_limit("console=ttyS0 mem=256M quiet"), Some(256 << 20));
+        assert_eq!(mem_limit("mem=1G mem=2g"), Some(2 << 30));
+        assert_eq!(mem_limit("mem=4096k"), Some(4 << 20));
+        assert_eq!(mem_limit("mem=12345"), Some(12345));
+        assert_eq!(mem_limit("memmap=1M mem=x"), None);
+        assert_eq!(mem_limit("quiet -- mem=1M"), None);
+        assert_eq!(mem_limit("mem=99999999999G"), None);
     }
 }

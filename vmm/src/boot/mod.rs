@@ -64,9 +64,11 @@ pub struct BootInfo {
     pub initrd: Option<(GuestAddress, u64)>,
 }
 
-/// Where an initrd of `size` bytes goes: page-aligned at the top of RAM below the MMIO gap.
-pub fn initrd_addr(mem_size: u64, kernel_end: u64, size: u64) -> Option<GuestAddress> {
-    let low_end = ram_ranges(mem_size)[0].1;
+/// Where an initrd of `size` bytes goes: page-aligned at the top of RAM below the MMIO gap, and
+/// below `limit` (the guest's `mem=`: RAM above it is not the guest's until hot-added, and an
+/// initrd there would stay resident on the host after the kernel copied it down).
+pub fn initrd_addr(mem_size: u64, limit: u64, kernel_end: u64, size: u64) -> Option<GuestAddress> {
+    let low_end = ram_ranges(mem_size)[0].1.min(limit);
     let addr = low_end.checked_sub(size)? & !(PAGE_SIZE - 1);
     (addr >= kernel_end.max(HIMEM_START)).then_some(GuestAddress(addr))
 }
@@ -101,13 +103,15 @@ pub fn load<M: GuestMemoryBackend>(
                 .metadata()
                 .map_err(|e| BootError::Open(pname.clone(), e))?
                 .len();
-            let addr =
-                initrd_addr(mem_size, res.kernel_end, size).ok_or(BootError::InitrdTooBig {
+            let limit = cmdline::mem_limit(cmdline).unwrap_or(u64::MAX);
+            let addr = initrd_addr(mem_size, limit, res.kernel_end, size).ok_or(
+                BootError::InitrdTooBig {
                     path: pname,
                     size,
                     kernel_end: res.kernel_end,
-                    ram_end: ram_ranges(mem_size)[0].1,
-                })?;
+                    ram_end: ram_ranges(mem_size)[0].1.min(limit),
+                },
+            )?;
             // Straight from the file into guest memory (no intermediate buffer).
             mem.read_exact_volatile_from(addr, &mut file, size as usize)?;
             tracing::debug!(addr = %format!("{:#x}", addr.0), size, "initrd loaded");
@@ -150,13 +154,16 @@ mod tests {
 
     #[test]
     fn initrd_at_top_of_low_ram_page_aligned() {
-        let a = initrd_addr(256 << 20, 0x200_0000, 0x1001).unwrap();
+        let a = initrd_addr(256 << 20, u64::MAX, 0x200_0000, 0x1001).unwrap();
         assert_eq!(a.0, (256 << 20) - 0x2000);
         // Memory above the MMIO gap is not used for the initrd.
-        let a = initrd_addr(8 << 30, 0x200_0000, 0x1000).unwrap();
+        let a = initrd_addr(8 << 30, u64::MAX, 0x200_0000, 0x1000).unwrap();
         assert_eq!(a.0, layout::MMIO_GAP_START - 0x1000);
         // Overlapping the kernel is refused.
-        assert!(initrd_addr(64 << 20, 0x300_0000, 40 << 20).is_none());
+        assert!(initrd_addr(64 << 20, u64::MAX, 0x300_0000, 40 << 20).is_none());
+        // Below the guest's mem= when it boots with less than the VM has.
+        let a = initrd_addr(1280 << 20, 256 << 20, 0x200_0000, 0x1000).unwrap();
+        assert_eq!(a.0, (256 << 20) - 0x1000);
     }
 
     /// Loads our real guest kernel when it has been built (`make image`).

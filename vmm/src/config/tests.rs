@@ -299,3 +299,41 @@ fn net_in_json_and_on_the_command_line() {
         .to_string();
     assert!(e.contains("missing MAC address"), "{e}");
 }
+
+#[test]
+fn balloon_and_control_channel_flags() {
+    let d = Dir(tmpdir("balloon"));
+    let ok = valid(&d.0);
+    let k = ok.kernel.display().to_string();
+    let s = ok.serial_log.display().to_string();
+    let cli = Cli::try_parse_from([
+        "myvm-vmm",
+        "--kernel",
+        &k,
+        "--serial-log",
+        &s,
+        "--memory-mib",
+        "512",
+        "--balloon-mib",
+        "128",
+        "--control-fd",
+        "199",
+    ])
+    .unwrap();
+    let c = cli.into_config().unwrap();
+    assert_eq!((c.balloon_mib, c.control_fd), (Some(128), Some(199)));
+    // The balloon is a device: the last slot.
+    assert_eq!(c.virtio_device_count(), 1);
+    let mut bad = c.clone();
+    bad.balloon_mib = Some(513);
+    assert_eq!(bad.validate(), Err(ConfigError::BadBalloon(513, 512)));
+    bad.balloon_mib = Some(512);
+    assert_eq!(bad.validate(), Ok(()));
+    bad.control_fd = Some(2);
+    assert_eq!(bad.validate(), Err(ConfigError::BadControlFd(2)));
+    assert!(bad
+        .validate()
+        .unwrap_err()
+        .to_string()
+        .contains("inherited descriptor"));
+}
