@@ -28,8 +28,8 @@ pub fn mem_limit(cmdline: &str) -> Option<u64> {
     let kernel_part = cmdline.split(" -- ").next().unwrap_or("");
     kernel_part
         .split_whitespace()
-        .filter_map(|w| w.strip_prefix("mem="))
-        .last()
+        .rev()
+        .find_map(|w| w.strip_prefix("mem="))
         .and_then(|v| {
             let (digits, shift) = match v.as_bytes().last()? {
                 b'K' | b'k' => (&v[..v.len() - 1], 10),
