@@ -113,12 +113,29 @@ fn hex(s: &str) -> Option<u64> {
     u64::from_str_radix(s.strip_prefix("0x").unwrap_or(s), 16).ok()
 }
 
-/// Adds memory until the guest has at least `want_mib` (in whole memory blocks), under the sysfs
-/// root `sys` (normally /sys): every block of "System RAM" in the firmware's memory map
-/// (`firmware/memmap`, the map before `mem=` trimmed it) that is not present yet, lowest first,
-/// added by `add` (the kernel's way: [`probe_and_online`]). Returns the MiB present afterwards.
+/// The guest's `mem=` from a kernel command line (bytes; K, M, G suffixes), the last one.
+pub fn mem_param(cmdline: &str) -> Option<u64> {
+    let v = cmdline
+        .split_whitespace()
+        .rev()
+        .find_map(|w| w.strip_prefix("mem="))?;
+    let (digits, shift) = match v.as_bytes().last()? {
+        b'K' | b'k' => (&v[..v.len() - 1], 10),
+        b'M' | b'm' => (&v[..v.len() - 1], 20),
+        b'G' | b'g' => (&v[..v.len() - 1], 30),
+        _ => (v, 0),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
+/// Hot-adds memory above `boot_top` (the guest's `mem=`) until the blocks added there hold at
+/// least `want_mib`, under the sysfs root `sys` (normally /sys): the blocks of "System RAM" in the
+/// firmware's memory map (`firmware/memmap`, the map before `mem=` trimmed it) that start at or
+/// above `boot_top` (rounded up to a block) and are not present yet, lowest first, each added by
+/// `add` (the kernel's way: [`probe_and_online`]). Returns the MiB added above `boot_top` now.
 pub fn set_memory_in(
     sys: &std::path::Path,
+    boot_top: u64,
     want_mib: u64,
     mut add: impl FnMut(&std::path::Path, u64, u64) -> Result<()>,
 ) -> Result<u64> {
@@ -128,22 +145,22 @@ pub fn set_memory_in(
         .and_then(|s| hex(&s))
         .filter(|b| *b > 0)
         .context("reading the memory block size")?;
+    let first = boot_top.div_ceil(block);
     let present = |addr: u64| mem.join(format!("memory{}", addr / block)).exists();
-    let count_present = || -> Result<u64> {
-        Ok(fs::read_dir(&mem)
-            .context("listing memory blocks")?
-            .filter_map(|e| e.ok())
-            .filter(|e| {
-                let n = e.file_name();
-                let n = n.to_string_lossy();
-                n.strip_prefix("memory")
-                    .is_some_and(|k| k.parse::<u64>().is_ok())
-            })
-            .count() as u64
-            * block)
-    };
+    let mut have = fs::read_dir(&mem)
+        .context("listing memory blocks")?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let n = e.file_name();
+            n.to_string_lossy()
+                .strip_prefix("memory")?
+                .parse::<u64>()
+                .ok()
+        })
+        .filter(|n| *n >= first)
+        .count() as u64
+        * block;
     let want = want_mib << 20;
-    let mut have = count_present()?;
     if have >= want {
         return Ok(have >> 20);
     }
@@ -161,7 +178,7 @@ pub fn set_memory_in(
     }
     ranges.sort_unstable();
     for (start, end) in ranges {
-        let mut addr = start.div_ceil(block) * block;
+        let mut addr = start.div_ceil(block).max(first) * block;
         while have < want && addr.checked_add(block - 1).is_some_and(|last| last <= end) {
             if !present(addr) {
                 add(&mem, addr, block)?;
@@ -222,6 +239,15 @@ mod tests {
     }
 
     #[test]
+    fn mem_param_as_the_kernel_reads_it() {
+        assert_eq!(mem_param("console=ttyS0 mem=256M quiet"), Some(256 << 20));
+        assert_eq!(mem_param("mem=1G mem=2g"), Some(2 << 30));
+        assert_eq!(mem_param("mem=1120M\n"), Some(1120 << 20));
+        assert_eq!(mem_param("quiet"), None);
+        assert_eq!(mem_param("mem=x"), None);
+    }
+
+    #[test]
     fn cpus_go_online_and_offline_lowest_first() {
         let dir = std::env::temp_dir().join(format!("myvm-cpus-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
@@ -277,7 +303,7 @@ mod tests {
     #[test]
     fn memory_grows_by_the_blocks_of_firmware_ram_not_present() {
         const M: u64 = 1 << 20;
-        // RAM 0-640K, 1M-1280M (booted with mem=384M: blocks 0-2 present), then past a gap.
+        // RAM 0-640K, 1M-1280M, then past a gap.
         let sys = fake_sys(
             &[
                 (0, 0x9_ffff),
@@ -293,15 +319,22 @@ mod tests {
             added.push(addr);
             Ok(())
         };
+        // Booted with mem=300M: blocks 0-2 present (the last one partly), nothing added.
+        let top = 300 * M;
         assert_eq!(
-            set_memory_in(&sys, 300, &mut add).unwrap(),
-            384,
+            set_memory_in(&sys, top, 0, &mut add).unwrap(),
+            0,
+            "nothing asked"
+        );
+        assert_eq!(set_memory_in(&sys, top, 200, &mut add).unwrap(), 256);
+        assert_eq!(
+            set_memory_in(&sys, top, 256, &mut add).unwrap(),
+            256,
             "enough already"
         );
-        assert_eq!(set_memory_in(&sys, 700, &mut add).unwrap(), 768);
         // Up to everything there is: the rest below 1280M, then above the gap (not the
         // reserved range).
-        assert_eq!(set_memory_in(&sys, 100_000, &mut add).unwrap(), 1536);
+        assert_eq!(set_memory_in(&sys, top, 100_000, &mut add).unwrap(), 1152);
         assert_eq!(
             added,
             [3, 4, 5, 6, 7, 8, 9]

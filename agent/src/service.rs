@@ -149,15 +149,22 @@ impl agent_ttrpc::Agent for AgentService {
     }
 
     fn set_memory(&self, _: &TtrpcContext, req: SetMemoryRequest) -> R<SetMemoryResponse> {
-        let mib = crate::guest::set_memory_in(
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        let boot_top = crate::guest::mem_param(&cmdline).ok_or_else(|| {
+            internal(anyhow::anyhow!(
+                "the guest booted without mem=: it has no memory to add"
+            ))
+        })?;
+        let added = crate::guest::set_memory_in(
             std::path::Path::new("/sys"),
-            req.mib,
+            boot_top,
+            req.added_mib,
             crate::guest::probe_and_online,
         )
         .map_err(internal)?;
-        tracing::info!(asked = req.mib, mib, "guest memory");
+        tracing::info!(asked = req.added_mib, added, "memory hot-added");
         Ok(SetMemoryResponse {
-            mib,
+            added_mib: added,
             ..Default::default()
         })
     }

@@ -179,7 +179,7 @@ impl Sandbox {
             backend,
             vcpus: plan.initial.vcpus,
             max_vcpus: plan.ceiling.vcpus,
-            memory_mib: plan.ceiling.memory_mib,
+            memory_mib: plan.vm_memory_mib,
             balloon_mib: plan.balloon_mib(plan.initial.memory_mib),
             // The guest writes only inside the rootfs and volumes mounted below them.
             shared_dirs: vec![
@@ -347,21 +347,22 @@ impl Sandbox {
         match self.plan.growth {
             Growth::Fixed => Err("this pod's VM does not grow".into()),
             Growth::Hotplug => {
+                let want = memory_mib - self.plan.initial.memory_mib;
                 let req = SetMemoryRequest {
-                    mib: u64::from(memory_mib),
+                    added_mib: u64::from(want),
                     ..Default::default()
                 };
                 let r = self
                     .agent
                     .call("SetMemory", |c, ctx| c.set_memory(ctx, &req))
                     .map_err(|e| format!("adding memory to the guest: {e}"))?;
-                if r.mib < u64::from(memory_mib) {
+                if r.added_mib < u64::from(want) {
                     return Err(format!(
-                        "the guest has {} MiB after adding memory, not the {memory_mib} MiB asked",
-                        r.mib
+                        "the guest added {} MiB of memory, not the {want} MiB asked",
+                        r.added_mib
                     ));
                 }
-                Ok(r.mib as u32)
+                Ok(self.plan.initial.memory_mib + r.added_mib as u32)
             }
             Growth::Balloon => self.deflate(memory_mib).map(|()| memory_mib),
         }

@@ -14,9 +14,9 @@
 //!
 //! Growth ([`Plan`]): the VM boots with `memory_growth_mib` more RAM than that (within the
 //! maxima) and with as many vCPUs as the host has (within `max_vcpus`), the ones above the pod's
-//! offline (`maxcpus=`). The guest is held to the pod's size with `mem=` (rounded up to 128 MiB
-//! memory blocks) and never touches the rest until the pod needs it; then the agent hot-adds
-//! blocks ([`Growth::Hotplug`]). A VM too big at boot for `mem=` has a balloon hold the extra
+//! offline (`maxcpus=`). The guest is held to the pod's size with `mem=` and never touches the
+//! rest until the pod needs it; then the agent hot-adds 128 MiB blocks above the boot memory's
+//! last block ([`Growth::Hotplug`]). A VM too big at boot for `mem=` has a balloon hold the extra
 //! instead ([`Growth::Balloon`]): 97.5 % of it, the other 2.5 % being what that RAM costs the
 //! guest itself (struct pages), so a grown VM offers what a VM booted at that size would. When
 //! the pod's containers together ask for more (a container added, an in-place resize), the VM
@@ -179,8 +179,12 @@ pub enum Growth {
 pub struct Plan {
     /// What the pod gets at boot (guest memory; vCPUs online).
     pub initial: Sizing,
-    /// What the VM boots with: guest RAM and vCPUs (the ones above the pod's stay offline).
+    /// The most the pod can grow to (guest memory; vCPUs the VM has, the ones above the pod's
+    /// offline at boot).
     pub ceiling: Sizing,
+    /// Guest RAM the VM has (with hotplug, the boot memory's last block is partly unusable: the
+    /// guest cannot hot-add a block it has part of).
+    pub vm_memory_mib: u32,
     pub growth: Growth,
 }
 
@@ -190,37 +194,27 @@ impl Plan {
         let max_mib = u32::try_from(max_mib).unwrap_or(u32::MAX);
         let vcpus = host.cpus.min(max_vcpus).max(asked.vcpus);
         let grow = config.memory_growth_mib;
-        let rounded = asked.memory_mib.next_multiple_of(BLOCK_MIB);
-        let (initial, ceiling, growth) = if grow == 0 {
-            (asked.memory_mib, asked.memory_mib, Growth::Fixed)
-        } else if rounded <= HOTPLUG_MAX_BOOT_MIB && rounded <= max_mib {
-            let ceiling = rounded
-                .saturating_add(grow.next_multiple_of(BLOCK_MIB))
-                .min(max_mib / BLOCK_MIB * BLOCK_MIB)
-                .max(rounded);
-            (rounded, ceiling, Growth::Hotplug)
+        let m = asked.memory_mib;
+        let boot_blocks_end = m.next_multiple_of(BLOCK_MIB);
+        let (ceiling, vm, growth) = if grow == 0 {
+            (m, m, Growth::Fixed)
+        } else if boot_blocks_end <= HOTPLUG_MAX_BOOT_MIB {
+            let room = max_mib.saturating_sub(boot_blocks_end) / BLOCK_MIB * BLOCK_MIB;
+            let add = grow.next_multiple_of(BLOCK_MIB).min(room);
+            (m + add, boot_blocks_end + add, Growth::Hotplug)
         } else {
-            let ceiling = asked.memory_mib.saturating_add(grow).min(max_mib);
-            (
-                asked.memory_mib,
-                ceiling.max(asked.memory_mib),
-                Growth::Balloon,
-            )
+            let ceiling = m.saturating_add(grow).min(max_mib).max(m);
+            (ceiling, ceiling, Growth::Balloon)
         };
+        let growth = if ceiling > m { growth } else { Growth::Fixed };
         Plan {
-            initial: Sizing {
-                memory_mib: initial,
-                vcpus: asked.vcpus,
-            },
+            initial: asked,
             ceiling: Sizing {
                 memory_mib: ceiling,
                 vcpus,
             },
-            growth: if ceiling > initial {
-                growth
-            } else {
-                Growth::Fixed
-            },
+            vm_memory_mib: if growth == Growth::Fixed { m } else { vm },
+            growth,
         }
     }
 

@@ -147,7 +147,7 @@ fn ask(mib: u64, cpus: u64) -> Ask {
 
 #[test]
 fn a_plan_boots_with_room_to_grow_within_the_maxima() {
-    // Hotplug: the guest is held to its size (in 128 MiB blocks) with mem=; the VM has 1 GiB more.
+    // Hotplug: the guest is held to its size with mem=; the VM has 1 GiB more.
     let p = Plan::new(&Config::default(), HOST, sz(256, 1));
     assert_eq!(p.growth, Growth::Hotplug);
     assert_eq!(
@@ -157,12 +157,21 @@ fn a_plan_boots_with_room_to_grow_within_the_maxima() {
     );
     assert_eq!(p.kernel_param().as_deref(), Some("mem=256M"));
     assert_eq!((p.balloon_mib(256), p.guest_ram_mib(640)), (0, 640));
+    assert_eq!(p.vm_memory_mib, 1280);
+    // Blocks are added above the boot memory's last (partial) block.
     let p = Plan::new(&Config::default(), HOST, sz(1120, 2));
-    assert_eq!((p.initial.memory_mib, p.ceiling.memory_mib), (1152, 2176));
+    assert_eq!(
+        (p.initial.memory_mib, p.ceiling.memory_mib, p.vm_memory_mib),
+        (1120, 2144, 2176)
+    );
+    assert_eq!(p.kernel_param().as_deref(), Some("mem=1120M"));
     // Too big at boot for mem=: a balloon holds the extra but what that RAM costs the guest.
     let p = Plan::new(&Config::default(), HOST, sz(3000, 1));
     assert_eq!(p.growth, Growth::Balloon);
-    assert_eq!((p.initial.memory_mib, p.ceiling.memory_mib), (3000, 4024));
+    assert_eq!(
+        (p.initial.memory_mib, p.ceiling.memory_mib, p.vm_memory_mib),
+        (3000, 4024, 4024)
+    );
     assert_eq!(p.kernel_param(), None);
     assert_eq!(p.balloon_mib(3000), 1024 * 975 / 1000);
     assert_eq!(p.balloon_mib(4024), 0);
@@ -187,6 +196,7 @@ fn a_plan_boots_with_room_to_grow_within_the_maxima() {
     assert_eq!((p.ceiling, p.growth), (sz(512, 1), Growth::Hotplug));
     let p = Plan::new(&c, HOST, sz(600, 1));
     assert_eq!((p.ceiling, p.growth), (sz(600, 1), Growth::Fixed));
+    assert_eq!((p.vm_memory_mib, p.kernel_param()), (600, None));
     let c = Config {
         memory_growth_mib: 0,
         ..Config::default()
