@@ -113,21 +113,6 @@ fn hex(s: &str) -> Option<u64> {
     u64::from_str_radix(s.strip_prefix("0x").unwrap_or(s), 16).ok()
 }
 
-/// The guest's `mem=` from a kernel command line (bytes; K, M, G suffixes), the last one.
-pub fn mem_param(cmdline: &str) -> Option<u64> {
-    let v = cmdline
-        .split_whitespace()
-        .rev()
-        .find_map(|w| w.strip_prefix("mem="))?;
-    let (digits, shift) = match v.as_bytes().last()? {
-        b'K' | b'k' => (&v[..v.len() - 1], 10),
-        b'M' | b'm' => (&v[..v.len() - 1], 20),
-        b'G' | b'g' => (&v[..v.len() - 1], 30),
-        _ => (v, 0),
-    };
-    digits.parse::<u64>().ok()?.checked_mul(1 << shift)
-}
-
 /// Hot-adds memory above `boot_top` (the guest's `mem=`) until the blocks added there hold at
 /// least `want_mib`, under the sysfs root `sys` (normally /sys): the blocks of "System RAM" in the
 /// firmware's memory map (`firmware/memmap`, the map before `mem=` trimmed it) that start at or
@@ -236,15 +221,6 @@ mod tests {
         assert_eq!(parse_cpu_list("0"), Some(vec![0]));
         assert_eq!(parse_cpu_list("3-1"), None);
         assert_eq!(parse_cpu_list("x"), None);
-    }
-
-    #[test]
-    fn mem_param_as_the_kernel_reads_it() {
-        assert_eq!(mem_param("console=ttyS0 mem=256M quiet"), Some(256 << 20));
-        assert_eq!(mem_param("mem=1G mem=2g"), Some(2 << 30));
-        assert_eq!(mem_param("mem=1120M\n"), Some(1120 << 20));
-        assert_eq!(mem_param("quiet"), None);
-        assert_eq!(mem_param("mem=x"), None);
     }
 
     #[test]

@@ -149,15 +149,9 @@ impl agent_ttrpc::Agent for AgentService {
     }
 
     fn set_memory(&self, _: &TtrpcContext, req: SetMemoryRequest) -> R<SetMemoryResponse> {
-        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-        let boot_top = crate::guest::mem_param(&cmdline).ok_or_else(|| {
-            internal(anyhow::anyhow!(
-                "the guest booted without mem=: it has no memory to add"
-            ))
-        })?;
         let added = crate::guest::set_memory_in(
             std::path::Path::new("/sys"),
-            boot_top,
+            req.boot_mib << 20,
             req.added_mib,
             crate::guest::probe_and_online,
         )

@@ -350,6 +350,7 @@ impl Sandbox {
                 let want = memory_mib - self.plan.initial.memory_mib;
                 let req = SetMemoryRequest {
                     added_mib: u64::from(want),
+                    boot_mib: u64::from(self.plan.initial.memory_mib),
                     ..Default::default()
                 };
                 let r = self

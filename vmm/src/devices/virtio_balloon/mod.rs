@@ -32,8 +32,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::virtio_mmio::{
-    build_queue, ActivateError, ActiveQueue, MmioTransport, VirtioDevice, VirtioInterrupt,
-    VIRTIO_F_VERSION_1,
+    build_queue, read_config_bytes, ActivateError, ActiveQueue, MmioTransport, VirtioDevice,
+    VirtioInterrupt, VIRTIO_F_VERSION_1,
 };
 use super::{Bus, IrqLine};
 use crate::boot::layout::VirtioSlot;
@@ -121,14 +121,7 @@ impl VirtioDevice for BalloonDevice {
                 .load(Ordering::SeqCst)
                 .to_le_bytes(),
         );
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|o| config.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
+        read_config_bytes(&config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {

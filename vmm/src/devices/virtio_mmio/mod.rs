@@ -120,6 +120,19 @@ pub struct ActiveQueue {
 #[error("{0}")]
 pub struct ActivateError(pub String);
 
+/// Reads `data.len()` bytes of a device's configuration space `config` at `offset` (zeroes past
+/// its end), as the driver sees it.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(i))
+            .and_then(|o| config.get(o))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
 /// A device-side ring for `q` (as the driver configured it), checked against guest memory.
 pub fn build_queue(
     q: &ActiveQueue,

@@ -17,7 +17,7 @@ use super::{
 use crate::config::NetConfig;
 use crate::devices::vhost_user::VIRTIO_RING_F_INDIRECT_DESC;
 use crate::devices::virtio_mmio::{
-    build_queue, ActivateError, ActiveQueue, VirtioDevice, VIRTIO_F_VERSION_1,
+    build_queue, read_config_bytes, ActivateError, ActiveQueue, VirtioDevice, VIRTIO_F_VERSION_1,
 };
 use crate::memory::GuestMemory;
 
@@ -132,14 +132,7 @@ impl VirtioDevice for NetDevice {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = usize::try_from(offset)
-                .ok()
-                .and_then(|o| o.checked_add(i))
-                .and_then(|o| self.config.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
+        read_config_bytes(&self.config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, _data: &[u8]) {
