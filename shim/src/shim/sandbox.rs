@@ -280,10 +280,10 @@ impl Sandbox {
     }
 
     /// Makes room for `container_id` asking for `ask` (a new container, or an in-place resize,
-    /// whose missing fields keep their values):
-    /// when the pod's containers together need more than the VM gives now, the balloon
-    /// deflates (and the host cgroup follows) and the agent brings vCPUs online. Err: the VM
-    /// cannot hold it, and nothing changed.
+    /// whose missing fields keep their values): when the pod's containers together need more
+    /// than the VM gives now, the host cgroup is raised, memory is added (hot-added blocks, or a
+    /// deflated balloon) and the agent brings vCPUs online. Err: the VM cannot hold it (nothing
+    /// changed), or growing failed (what grew stays, and the ask is not recorded).
     pub fn fit(&self, container_id: &str, ask: Ask) -> Result<(), String> {
         let mut size = self.size.lock().unwrap_or_else(|p| p.into_inner());
         let mut asks = size.1.clone();
@@ -295,13 +295,15 @@ impl Sandbox {
         };
         asks.insert(container_id.to_string(), ask);
         let now = size.0;
-        let next = sizing::grow(
+        let mut next = sizing::grow(
             &self.plan,
             now,
             sizing::pod_need(self.plan.initial, asks.values()),
         )?;
         if next.memory_mib > now.memory_mib {
-            self.grow_memory(next.memory_mib)?;
+            // What the guest has now: hotplug adds whole blocks.
+            next.memory_mib = self.grow_memory(next.memory_mib)?;
+            size.0.memory_mib = next.memory_mib;
         }
         if next.vcpus > now.vcpus {
             let req = SetCpusRequest {
@@ -340,14 +342,20 @@ impl Sandbox {
     /// Gives the guest `memory_mib` (hot-added blocks, or a deflated balloon) after raising the
     /// host cgroup for it; returns what the guest has now.
     fn grow_memory(&self, memory_mib: u32) -> Result<u32, String> {
+        let initial = self.plan.initial.memory_mib;
+        // Hotplug adds whole blocks: the guest gets that much.
+        let gets = match self.plan.growth {
+            Growth::Hotplug => initial + (memory_mib - initial).next_multiple_of(sizing::BLOCK_MIB),
+            Growth::Fixed | Growth::Balloon => memory_mib,
+        };
         if let Some(cg) = &self.host.cgroup {
-            let bytes = (self.plan.guest_ram_mib(memory_mib) + HOST_OVERHEAD_MIB) << 20;
+            let bytes = (self.plan.guest_ram_mib(gets) + HOST_OVERHEAD_MIB) << 20;
             cg.set_memory_max(bytes).map_err(|e| e.to_string())?;
         }
         match self.plan.growth {
             Growth::Fixed => Err("this pod's VM does not grow".into()),
             Growth::Hotplug => {
-                let want = memory_mib - self.plan.initial.memory_mib;
+                let want = memory_mib - initial;
                 let req = SetMemoryRequest {
                     added_mib: u64::from(want),
                     boot_mib: u64::from(self.plan.initial.memory_mib),
@@ -363,7 +371,7 @@ impl Sandbox {
                         r.added_mib
                     ));
                 }
-                Ok(self.plan.initial.memory_mib + r.added_mib as u32)
+                Ok(initial + r.added_mib as u32)
             }
             Growth::Balloon => self.deflate(memory_mib).map(|()| memory_mib),
         }
